@@ -1,0 +1,80 @@
+"""Choice of the negative reference r- (paper Sec. 3.4, Algorithm 1 line 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+
+
+def select_negative_reference(
+    scores: torch.Tensor | Sequence[float],
+    group_ids: Sequence[Hashable],
+    threshold: float = 0.5,
+    eligible: Sequence[bool] | None = None,
+) -> list[int | None]:
+    """For every rollout, the row index of its group's lowest-score rejected rollout.
+
+    Algorithm 1, line 5: ``r- = answer(argmin_{j in G-} R(y_j))`` with
+    ``G- = {j : R(y_j) < threshold}``. Ties go to the lowest row index. A row whose group has
+    no rejected rollout gets ``None`` (G- is empty: the caller falls back to P_T- := P_S,
+    which is RLSD, Eq. 4).
+
+    Args:
+        scores: (B,) rewards.
+        group_ids: B hashable group ids.
+        threshold: a rollout with score strictly below it is rejected.
+        eligible: optional per-row flags; rows with ``False`` are never chosen (used to skip
+            rejected rollouts that have no extractable final answer, see
+            ``cepo.rewards.extract_answer``).
+    """
+    values = [float(s) for s in (scores.tolist() if isinstance(scores, torch.Tensor) else scores)]
+    if len(group_ids) != len(values):
+        raise ValueError(f"group_ids has {len(group_ids)} entries but scores has {len(values)}")
+    if eligible is not None and len(eligible) != len(values):
+        raise ValueError(f"eligible has {len(eligible)} entries but scores has {len(values)}")
+    for row, value in enumerate(values):
+        if value != value:  # NaN
+            raise ValueError(f"scores[{row}] is NaN; fix the reward function")
+
+    best: dict[Hashable, int] = {}
+    for row, (gid, value) in enumerate(zip(group_ids, values, strict=True)):
+        if value >= threshold or (eligible is not None and not eligible[row]):
+            continue
+        current = best.get(gid)
+        if current is None or value < values[current]:
+            best[gid] = row
+    return [best.get(gid) for gid in group_ids]
+
+
+def negative_hints(
+    answers: Sequence[str | None],
+    scores: torch.Tensor | Sequence[float],
+    group_ids: Sequence[Hashable],
+    threshold: float = 0.5,
+    require_answer: bool = True,
+) -> tuple[list[str | None], list[bool]]:
+    """The r- hint text for every rollout and whether it has one.
+
+    ``answers[j]`` is the extracted final answer of rollout ``j`` (``None`` when it has
+    none). With ``require_answer`` (the default) rejected rollouts without an answer are
+    skipped, so the hint is the answer of the lowest-score rejected rollout that *has* one;
+    a group where no rejected rollout has an answer is treated as G- empty (RLSD fallback).
+    With ``require_answer=False`` such a group gets hint ``""`` (the authors' code instead
+    used the literal string "None"; we never do).
+
+    Returns:
+        (hints, has_negative): ``hints[i]`` is ``None`` exactly when ``has_negative[i]`` is False.
+    """
+    if len(answers) != len(group_ids):
+        raise ValueError(f"answers has {len(answers)} entries but group_ids has {len(group_ids)}")
+    eligible = [a is not None and a.strip() != "" for a in answers] if require_answer else None
+    chosen = select_negative_reference(scores, group_ids, threshold=threshold, eligible=eligible)
+    hints: list[str | None] = []
+    for index in chosen:
+        if index is None:
+            hints.append(None)
+        else:
+            answer = answers[index]
+            hints.append(answer if answer is not None else "")
+    return hints, [h is not None for h in hints]
