@@ -1,0 +1,297 @@
+"""Teacher contexts: the same response tokens scored under a context that carries a hint.
+
+CEPO (paper Eq. 2) scores every sampled response ``y`` three times with the same weights:
+``P_S(y_t) = pi(y_t | x, y<t)`` (the student, i.e. the old log-probs),
+``P_T+(y_t) = pi(y_t | x, r+, y<t)`` and ``P_T-(y_t) = pi(y_t | x, r-, y<t)``. This module
+builds the teacher inputs ``[x + hint] + y`` and scores them.
+
+The hint goes into the last user turn through a Jinja template (default: the paper's
+Appendix B teacher prompt, ``"{{ prompt }}\\n\\nHere is a sample answer: {{ hint }}"``) and
+the model's chat template is re-applied, so the teacher prompt is what the model would see
+in a real conversation. For Qwen-VL models the image stays in the teacher context
+(``pixel_values``, ``image_grid_thw`` and ``mm_token_type_ids``, from which the model's own
+``get_rope_index`` derives the M-RoPE positions); ``include_image=False`` drops it, for parity
+with the authors' text-only teacher.
+
+Layout: every teacher row is ``[left padding][teacher prompt][response][right padding]``;
+the prompt block has one width ``P`` for the batch and the response block is the caller's
+``(N, T)`` right-padded response tensor, unchanged. The log-prob of response token ``t`` is read
+from the logits at column ``P + t - 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import torch
+
+DEFAULT_TEACHER_TEMPLATE = "{{ prompt }}\n\nHere is a sample answer: {{ hint }}"
+"""The paper's Appendix B teacher prompt: the student prompt, then the hint."""
+
+STUDENT_TEMPLATE = "{{ prompt }}{{ hint }}"
+"""With an empty hint this renders the student prompt unchanged (used by the alignment test)."""
+
+Message = dict[str, Any]
+
+
+def compile_template(template: str) -> jinja2.Template:
+    """Compile a teacher template; it must use ``{{ prompt }}`` and ``{{ hint }}``."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    try:
+        parsed = env.parse(template)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"teacher template is not valid Jinja: {err}") from err
+    from jinja2 import meta
+
+    names = meta.find_undeclared_variables(parsed)
+    missing = {"prompt", "hint"} - names
+    if missing:
+        raise ValueError(
+            f"teacher template must use {{{{ prompt }}}} and {{{{ hint }}}}; missing {sorted(missing)} "
+            f"in {template!r}"
+        )
+    return env.from_string(template)
+
+
+def _text_items(content: list[Message]) -> list[int]:
+    return [i for i, item in enumerate(content) if isinstance(item, dict) and item.get("type") == "text"]
+
+
+def _is_image(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") in ("image", "image_url")
+
+
+def render_teacher_messages(
+    messages: Sequence[Message],
+    hint: str,
+    template: str | jinja2.Template = DEFAULT_TEACHER_TEMPLATE,
+    include_image: bool = True,
+) -> list[Message]:
+    """A copy of ``messages`` whose last user turn carries ``hint`` (Appendix B prompt).
+
+    The template is rendered with ``prompt`` = the text of the last user turn (for a list
+    content, its last text item) and ``hint``. With ``include_image=False`` image items are
+    removed from every turn (text-only teacher).
+    """
+    if hint is None:
+        raise ValueError("hint is None: rows without a hint (G- empty) must not get a teacher pass")
+    compiled = compile_template(template) if isinstance(template, str) else template
+    out = copy.deepcopy(list(messages))
+    user_turns = [i for i, m in enumerate(out) if m.get("role") == "user"]
+    if not user_turns:
+        raise ValueError("messages has no user turn to put the hint in")
+    if not include_image:
+        for message in out:
+            if isinstance(message.get("content"), list):
+                message["content"] = [item for item in message["content"] if not _is_image(item)]
+    turn = out[user_turns[-1]]
+    content = turn.get("content")
+    if isinstance(content, str):
+        turn["content"] = compiled.render(prompt=content, hint=hint)
+    elif isinstance(content, list):
+        texts = _text_items(content)
+        if texts:
+            item = content[texts[-1]]
+            item["text"] = compiled.render(prompt=item.get("text", ""), hint=hint)
+        else:
+            content.append({"type": "text", "text": compiled.render(prompt="", hint=hint)})
+    else:
+        raise ValueError(f"user message content must be a str or a list of items, got {type(content).__name__}")
+    return out
+
+
+def _has_image_processor(processing_class: Any) -> bool:
+    return getattr(processing_class, "image_processor", None) is not None
+
+
+def _tokenizer_of(processing_class: Any) -> Any:
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+@dataclass
+class TeacherInputs:
+    """A batch of teacher rows ready for a forward pass (see the module docstring for the layout)."""
+
+    input_ids: torch.Tensor  # (N, P + T)
+    attention_mask: torch.Tensor  # (N, P + T)
+    prompt_length: int  # P
+    response_ids: torch.Tensor  # (N, T)
+    response_mask: torch.Tensor  # (N, T)
+    num_images: list[int] = field(default_factory=list)  # images per row
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    mm_token_type_ids: torch.Tensor | None = None  # (N, P + T), 1 at image tokens
+
+    @property
+    def response_length(self) -> int:
+        return int(self.response_ids.shape[1])
+
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for ``model(**kwargs)``."""
+        kwargs: dict[str, torch.Tensor] = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.pixel_values is not None:
+            kwargs["pixel_values"] = self.pixel_values
+            kwargs["image_grid_thw"] = self.image_grid_thw
+        if self.mm_token_type_ids is not None:
+            kwargs["mm_token_type_ids"] = self.mm_token_type_ids
+        return kwargs
+
+    def select(self, rows: Sequence[int]) -> TeacherInputs:
+        """The sub-batch of ``rows`` (in that order), with their images."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        pixel_values = image_grid_thw = None
+        if self.pixel_values is not None and self.image_grid_thw is not None:
+            per_image = self.image_grid_thw.prod(-1).tolist()
+            image_start = [0]
+            for count in self.num_images:
+                image_start.append(image_start[-1] + count)
+            patch_start = [0]
+            for n in per_image:
+                patch_start.append(patch_start[-1] + n)
+            images = [i for r in rows for i in range(image_start[r], image_start[r + 1])]
+            if images:
+                pixel_values = torch.cat([self.pixel_values[patch_start[i] : patch_start[i + 1]] for i in images])
+                image_grid_thw = self.image_grid_thw[images]
+        return TeacherInputs(
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            prompt_length=self.prompt_length,
+            response_ids=self.response_ids[index],
+            response_mask=self.response_mask[index],
+            num_images=[self.num_images[r] for r in rows] if self.num_images else [],
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[index],
+        )
+
+
+def build_teacher_inputs(
+    processing_class: Any,
+    messages: Sequence[Sequence[Message]],
+    hints: Sequence[str],
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    images: Sequence[Sequence[Any]] | None = None,
+    template: str = DEFAULT_TEACHER_TEMPLATE,
+    include_image: bool = True,
+    max_prompt_length: int | None = None,
+) -> TeacherInputs:
+    """Teacher rows ``[prompt + hint] + response`` for N rollouts.
+
+    Args:
+        processing_class: a tokenizer with a chat template, or a multimodal processor
+            (e.g. ``Qwen3VLProcessor``) whose tokenizer has one.
+        messages: N conversations as the student saw them (the prompt only, no response).
+        hints: N hint strings (r+ or r-).
+        response_ids: (N, T) sampled response tokens, right-padded.
+        response_mask: (N, T) 1 on response tokens, 0 on padding.
+        images: N lists of PIL images referenced by the image items of each conversation;
+            required for a conversation with image items when ``include_image`` is true.
+        template: Jinja template with ``{{ prompt }}`` and ``{{ hint }}``.
+        include_image: keep images in the teacher context (default) or drop them.
+        max_prompt_length: raise if a teacher prompt is longer (in tokens, images included).
+    """
+    n = len(messages)
+    if len(hints) != n:
+        raise ValueError(f"hints has {len(hints)} entries but messages has {n}; give one hint per rollout")
+    if response_ids.dim() != 2 or response_ids.shape[0] != n:
+        raise ValueError(f"response_ids must have shape ({n}, T), got {tuple(response_ids.shape)}")
+    if tuple(response_mask.shape) != tuple(response_ids.shape):
+        raise ValueError(
+            f"response_mask has shape {tuple(response_mask.shape)} but response_ids has {tuple(response_ids.shape)}"
+        )
+    if images is not None and len(images) != n:
+        raise ValueError(f"images has {len(images)} entries but messages has {n}; give one list per rollout")
+    tokenizer = _tokenizer_of(processing_class)
+    if getattr(tokenizer, "chat_template", None) is None and getattr(processing_class, "chat_template", None) is None:
+        raise ValueError(
+            "the tokenizer has no chat template; teacher contexts re-apply it. Load an instruct/chat model or set "
+            "tokenizer.chat_template"
+        )
+    compiled = compile_template(template)
+    rendered = [render_teacher_messages(m, h, compiled, include_image) for m, h in zip(messages, hints, strict=True)]
+    texts = [
+        processing_class.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in rendered
+    ]
+    multimodal = _has_image_processor(processing_class)
+    row_images: list[list[Any]] = []
+    if multimodal and include_image:
+        for i, conv in enumerate(rendered):
+            wanted = sum(1 for m in conv if isinstance(m.get("content"), list) for it in m["content"] if _is_image(it))
+            given = list(images[i]) if images is not None else []
+            if wanted != len(given):
+                raise ValueError(
+                    f"row {i}: the conversation has {wanted} image item(s) but {len(given)} image(s) were given"
+                )
+            row_images.append(given)
+    flat_images = [img for imgs in row_images for img in imgs]
+
+    if multimodal:
+        encoded = processing_class(
+            text=texts,
+            images=flat_images or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+    else:
+        encoded = tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+    prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+    if max_prompt_length is not None:
+        lengths = prompt_mask.sum(-1)
+        too_long = torch.nonzero(lengths > max_prompt_length).flatten().tolist()
+        if too_long:
+            raise ValueError(
+                f"teacher prompt of row(s) {too_long[:8]} is longer than max_prompt_length={max_prompt_length} "
+                f"({int(lengths.max())} tokens); raise the limit or shorten the hint"
+            )
+    response_ids = response_ids.to(prompt_ids.dtype)
+    response_mask = response_mask.to(prompt_mask.dtype)
+    mm_types = encoded.get("mm_token_type_ids")
+    if mm_types is not None:
+        mm_types = torch.cat([mm_types, torch.zeros_like(response_ids, dtype=mm_types.dtype)], dim=1)
+    return TeacherInputs(
+        input_ids=torch.cat([prompt_ids, response_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
+        prompt_length=int(prompt_ids.shape[1]),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        num_images=[len(r) for r in row_images] if row_images else [0] * n,
+        pixel_values=encoded.get("pixel_values"),
+        image_grid_thw=encoded.get("image_grid_thw"),
+        mm_token_type_ids=mm_types,
+    )
+
+
+@torch.no_grad()
+def teacher_logprobs(
+    model: torch.nn.Module,
+    inputs: TeacherInputs,
+    temperature: float = 1.0,
+    micro_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Log-probs of the response tokens under the teacher context: (N, T), float32, no grad.
+
+    ``temperature`` divides the logits, as the rollout sampler and the student log-prob pass
+    do (use the rollout temperature so P_T and P_S are on the same scale). Masked response
+    positions hold 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = inputs.input_ids.shape[0]
+    size = n if not micro_batch_size else max(1, int(micro_batch_size))
+    device = next(model.parameters()).device
+    p, t = inputs.prompt_length, inputs.response_length
+    chunks = []
+    for start in range(0, n, size):
+        rows = list(range(start, min(n, start + size)))
+        part = inputs if len(rows) == n else inputs.select(rows)
+        kwargs = {k: v.to(device) for k, v in part.model_kwargs().items()}
+        logits = model(**kwargs).logits[:, p - 1 : p + t - 1].float() / temperature
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, part.response_ids.to(device).unsqueeze(-1)).squeeze(-1)
+        chunks.append(logps * part.response_mask.to(device))
+    return torch.cat(chunks, dim=0)
