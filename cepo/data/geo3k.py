@@ -1,0 +1,59 @@
+"""Geo3k (``hiyouga/geometry3k``) rows -> the paper's student prompt (Appendix B).
+
+A Geo3k row has ``images`` (a list with one figure), ``problem`` (starting with
+``<image>``) and ``answer``. The student sees the problem followed by the Appendix B
+instruction; the image goes first in the user turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STUDENT_PROMPT_SUFFIX = (
+    " Solve the problem step by step, keeping reasoning brief.\nPut ONLY the final answer inside \\boxed{}."
+)
+"""Appendix B: ``{{problem}} Solve the problem step by step, keeping reasoning brief. Put ONLY the final
+answer inside \\boxed{}.`` (EasyR1's ``math_short`` format prompt)."""
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def student_prompt(problem: str) -> str:
+    """The student's user text for one problem (the ``<image>`` placeholder removed)."""
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError("problem must be a non-empty string")
+    return problem.replace(IMAGE_PLACEHOLDER, "").strip() + STUDENT_PROMPT_SUFFIX
+
+
+def to_conversational(dataset: Any, problem_key: str = "problem", answer_key: str = "answer") -> Any:
+    """Map a Geo3k-shaped ``datasets.Dataset`` to TRL's conversational layout.
+
+    Output columns: ``prompt`` (one user message with the student prompt), ``images`` (kept),
+    ``answer``. Rows without an answer raise ``ValueError`` naming the row index (the trainer
+    grades every rollout against it, so a missing answer would silently zero the reward).
+    """
+    columns = set(dataset.column_names)
+    for key in (problem_key, answer_key):
+        if key not in columns:
+            raise ValueError(
+                f"dataset has no {key!r} column (columns: {sorted(columns)}); "
+                f"pass --{key.replace('_', '-')}-key or rename the column"
+            )
+    missing = [i for i, a in enumerate(dataset[answer_key]) if a is None or str(a).strip() == ""]
+    if missing:
+        raise ValueError(
+            f"dataset rows {missing[:10]}{'...' if len(missing) > 10 else ''} have no {answer_key!r}; "
+            "drop them (dataset.filter) or fix the data: every row needs a verifiable answer"
+        )
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "prompt": [{"role": "user", "content": student_prompt(row[problem_key])}],
+            "answer": str(row[answer_key]).strip(),
+        }
+
+    drop = [c for c in dataset.column_names if c not in ("images", "image", answer_key)]
+    out = dataset.map(convert, remove_columns=drop)
+    if answer_key != "answer":
+        out = out.remove_columns(answer_key)
+    return out

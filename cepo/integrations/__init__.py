@@ -1,0 +1,1 @@
+"""Engine adapters: verl (distributed) and TRL (single machine)."""
