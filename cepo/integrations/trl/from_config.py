@@ -80,6 +80,10 @@ def trl_args(cfg: DictConfig, **extra: Any) -> CEPOGRPOConfig:
         "report_to": "none",
         **CEPOGRPOConfig.fields_from_cepo(cepo),
     }
+    import torch
+
+    if not torch.cuda.is_available():  # TRL defaults to bf16 on GPU; on a CPU-only machine train in fp32
+        settings.update(use_cpu=True, bf16=False)
     settings.update(extra)
     return CEPOGRPOConfig(**settings)
 
