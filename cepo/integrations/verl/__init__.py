@@ -1,0 +1,1 @@
+"""verl engine: Ray + FSDP + vLLM trainer with the CEPO/RLSD teacher passes (see docs/verl.md)."""

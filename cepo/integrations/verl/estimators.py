@@ -1,0 +1,49 @@
+"""verl advantage estimators ``cepo`` and ``rlsd`` (registered with ``register_adv_est``).
+
+A registered verl estimator only receives the rewards, the response mask, the group ids and
+``algorithm`` config, so it cannot see any log-prob. Both estimators therefore return the GRPO group
+advantage of paper Eq. 1 broadcast over the response; the token modulation of Eq. 4 (RLSD) / Eq. 7
+(CEPO) is applied afterwards by the trainer (``cepo.integrations.verl.credit.apply_token_credit``),
+around verl's ``compute_advantage``. With ``lam = 0`` both are exactly GRPO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
+
+from cepo.algorithms import group_advantages
+
+GRPO_EPS = 1e-6
+"""verl's ``compute_grpo_outcome_advantage`` epsilon."""
+
+
+def group_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    config: Any = None,
+    **_: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 on every response token: ``A_i = (R_i - mean_G R) / (std_G R + eps)``, returns = advantages.
+
+    ``R_i`` is the sum of the token-level rewards of row ``i``; groups are rows with equal ``index``
+    (verl's ``uid``); ``algorithm.norm_adv_by_std_in_grpo=False`` gives ``R - mean`` (Dr.GRPO).
+    """
+    norm = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+    scores = (token_level_rewards * response_mask).sum(dim=-1)
+    adv = group_advantages(scores.float(), list(index), norm_by_std=norm, eps=GRPO_EPS).to(token_level_rewards.dtype)
+    token_adv = adv.unsqueeze(-1) * response_mask
+    return token_adv, token_adv
+
+
+def _register(name: str) -> None:
+    if ADV_ESTIMATOR_REGISTRY.get(name) is not group_outcome_advantage:
+        register_adv_est(name)(group_outcome_advantage)
+
+
+for _name in ("cepo", "rlsd"):
+    _register(_name)

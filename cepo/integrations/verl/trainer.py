@@ -1,0 +1,182 @@
+"""verl v1 trainer with the CEPO/RLSD teacher passes (``trainer.v1.trainer_mode=cepo_sync``).
+
+Target: verl 0.9.x's recommended v1 trainer (``trainer.use_v1=True``, the default; the legacy
+``RayPPOTrainer`` is deprecated). :class:`CEPOTrainerSync` is verl's ``PPOTrainerSync`` with two
+overrides around its ``_step_once`` pipeline (reward -> balance -> old log-probs -> advantage -> update):
+
+* ``_compute_old_log_prob``: after the student pass (P_S = ``old_log_probs``), choose r+/r- per rollout
+  (``credit.choose_hints``), build the teacher rows (``teacher_batch``) and score **r+ and r- rows in one
+  ``actor_rollout_wg.compute_log_prob`` call** on the actor's own FSDP workers (same sharding,
+  micro-batching, dynamic batch and remove-padding as the old log-probs; the teacher weights are the
+  actor's, with the LoRA adapter on). Results go back to the student rows as ``teacher_pos_log_probs``,
+  ``teacher_neg_log_probs`` and ``cepo_has_negative``. Skipped once lambda = 0 (the advantage is GRPO).
+* ``_compute_advantage``: verl's own advantage (our registered ``cepo``/``rlsd`` estimator = Eq. 1), then
+  the token modulation of Eq. 4/7 (``credit.apply_token_credit``), written back as ``advantages``.
+
+Teacher rows live in their own TransferQueue partition (:data:`TEACHER_PARTITION`) with the same
+per-sample fields as rollout samples, and are cleared after the call. Only a GPU run executes this
+module (verl 0.9 rollouts are vLLM/SGLang servers); its pieces are tested on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from verl import DataProto
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.utils.padding import response_from_nested, response_to_nested
+
+import cepo.integrations.verl.estimators  # noqa: F401  (registers the cepo/rlsd estimators)
+from cepo.algorithms import TEACHER_PASSES
+from cepo.config import CEPOConfig
+from cepo.integrations.verl.credit import HAS_NEG_KEY, NEG_KEY, POS_KEY, apply_token_credit, choose_hints
+from cepo.integrations.verl.hydra_config import TRAINER_MODE, cepo_config_from
+from cepo.integrations.verl.teacher_batch import build_teacher_row, nested_row_fields
+
+TEACHER_PARTITION = "cepo_teacher"
+
+
+def _as_list(values: Any) -> list[Any]:
+    if hasattr(values, "tolist") and not isinstance(values, list):
+        return values.tolist()
+    return list(values)
+
+
+@register_trainer(TRAINER_MODE)
+class CEPOTrainerSync(PPOTrainerSync):
+    """verl's synchronous v1 trainer plus the CEPO/RLSD teacher passes (see the module docstring)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.cepo: CEPOConfig = cepo_config_from(config)
+        self._cepo_teacher_seconds: float | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    def _cepo_step(self) -> int:
+        """0-based training step for the lambda schedule (verl's ``global_steps`` starts at 1)."""
+        return max(0, int(self.global_steps) - 1)
+
+    def _cepo_passes(self) -> tuple[str, ...]:
+        passes = TEACHER_PASSES.get(self.cepo.method, ())
+        return passes if passes and self.cepo.schedule(self._cepo_step()) > 0 else ()
+
+    def _rope_index_fn(self) -> Any:
+        return getattr(self.processor, "get_rope_index", None) if self.processor is not None else None
+
+    def _dp_size(self) -> int:
+        info = self.actor_rollout_wg._dispatch_info.get("actor")
+        if info is None:
+            info = self.actor_rollout_wg._query_dispatch_info("actor")
+            self.actor_rollout_wg._dispatch_info["actor"] = info
+        return max(info) + 1
+
+    # ----------------------------------------------------------------------------------------------
+    def _compute_old_log_prob(self, batch: Any, metrics: dict) -> Any:
+        batch = super()._compute_old_log_prob(batch, metrics)
+        passes = self._cepo_passes()
+        self._cepo_teacher_seconds = None
+        if not passes:
+            return batch
+        start = time.perf_counter()
+        fields = ["uid", "responses", "response_mask", "rm_scores", "raw_prompt", "reward_model", "multi_modal_inputs"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        n = len(batch)
+        is_pad = [bool(tag.get("is_padding", False)) for tag in batch.tags]
+        real = [i for i in range(n) if not is_pad[i]]
+        responses = [data["responses"][i] for i in range(n)]
+        scores = [float(data["rm_scores"][i].sum()) for i in range(n)]
+        uids = [str(u) for u in _as_list(data["uid"])]
+        raw_prompts = list(data["raw_prompt"])
+        reward_model = list(data["reward_model"])
+        mm_inputs = list(data["multi_modal_inputs"]) if "multi_modal_inputs" in data.keys() else [None] * n  # noqa: SIM118
+        texts = self.tokenizer.batch_decode([responses[i].tolist() for i in real], skip_special_tokens=True)
+        gts = []
+        for i in real:
+            item = reward_model[i]
+            gt = item.get("ground_truth") if isinstance(item, dict) else None
+            if gt is None or str(gt).strip() == "":
+                raise ValueError(f"rollout {batch.keys[i]}: reward_model.ground_truth is missing; r+ needs the answer")
+            gts.append(str(gt))
+        pos, neg, has_neg = choose_hints(texts, [scores[i] for i in real], [uids[i] for i in real], gts, self.cepo)
+
+        # one teacher batch for r+ and r-: a single call to the actor workers
+        jobs: list[tuple[int, str, str]] = []  # (student row, kind, hint)
+        for j, i in enumerate(real):
+            if "pos" in passes:
+                jobs.append((i, "pos", pos[j]))
+            if "neg" in passes and has_neg[j]:
+                jobs.append((i, "neg", neg[j]))
+        rope = self._rope_index_fn()
+        processing = self.processor if self.processor is not None else self.tokenizer
+        rows = [
+            nested_row_fields(build_teacher_row(
+                processing, raw_prompts[i], hint, responses[i], mm_inputs[i], self.cepo.teacher_template,
+                self.cepo.teacher_sees_image, rope, self.cepo.teacher_max_prompt_length, row=i))
+            for i, _, hint in jobs
+        ]
+        keys = [f"{batch.keys[i]}::{kind}" for i, kind, _ in jobs]
+        dp = self._dp_size()
+        while len(rows) % dp:  # the dispatcher splits the batch evenly over data-parallel ranks
+            rows.append(rows[0])
+            keys.append(f"{keys[0]}::dp_pad{len(keys)}")
+        tags = [{"status": "success", "seq_len": int(r["input_ids"].numel())} for r in rows]
+        meta = tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows),
+                               tags=tags)
+        meta.extra_info.update({
+            "calculate_entropy": False,
+            "compute_loss": False,
+            "temperature": self.config.actor_rollout_ref.rollout.temperature,
+        })
+        self.actor_rollout_wg.compute_log_prob(meta)
+        out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
+        # the worker's log_probs cover the whole sequence (shifted by one); keep the response part
+        response_logps = response_from_nested(out["log_probs"], out["response_mask"])
+        logps = [response_logps[k] for k in range(len(jobs))]
+        tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
+
+        pos_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
+        neg_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
+        for (i, kind, _), lp in zip(jobs, logps, strict=True):
+            if lp.numel() != responses[i].numel():
+                raise RuntimeError(f"teacher log-probs of rollout {batch.keys[i]} have {lp.numel()} tokens, "
+                                   f"the response has {responses[i].numel()}")
+            (pos_rows if kind == "pos" else neg_rows)[i] = lp.float().flatten()
+        flags = torch.zeros(n, dtype=torch.bool)
+        for j, i in enumerate(real):
+            flags[i] = bool(has_neg[j])
+        write = {
+            POS_KEY: torch.nested.as_nested_tensor(pos_rows, layout=torch.jagged),
+            NEG_KEY: torch.nested.as_nested_tensor(neg_rows, layout=torch.jagged),
+            HAS_NEG_KEY: flags,
+        }
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(write, batch_size=n))
+        self._cepo_teacher_seconds = time.perf_counter() - start
+        return batch
+
+    def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
+        batch = super()._compute_advantage(batch, metrics)
+        passes = self._cepo_passes()
+        step = self._cepo_step()
+        if not passes:
+            metrics["cepo/lambda"] = float(self.cepo.schedule(step))
+            return batch
+        fields = ["advantages", "returns", "response_mask", "old_log_probs", POS_KEY, NEG_KEY, HAS_NEG_KEY]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        response_mask = data["response_mask"]
+        has_neg = np.asarray(data.pop(HAS_NEG_KEY).tolist(), dtype=bool)
+        proto = DataProto(batch=data.to_padded_tensor(), non_tensor_batch={HAS_NEG_KEY: has_neg})
+        metrics.update(apply_token_credit(proto, self.cepo, step, teacher_seconds=self._cepo_teacher_seconds))
+        output = {k: response_to_nested(proto.batch[k], response_mask) for k in ("advantages", "returns")}
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                        fields=TensorDict(output, batch_size=len(batch)))
+        return batch
+
+
+__all__ = ["TEACHER_PARTITION", "CEPOTrainerSync"]

@@ -1,0 +1,142 @@
+"""Estimators through verl's own compute_advantage on a real DataProto, then the trainer-side modulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from verl import DataProto
+from verl.trainer.config import AlgoConfig
+from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+from verl.trainer.ppo.ray_trainer import compute_advantage
+
+import cepo.integrations.verl.estimators  # noqa: F401
+from cepo.algorithms import CreditInputs, compute_token_advantages
+from cepo.config import CEPOConfig
+from cepo.integrations.verl.credit import (
+    HAS_NEG_KEY,
+    NEG_KEY,
+    POS_KEY,
+    apply_token_credit,
+    choose_hints,
+    ground_truths_of,
+)
+
+B, T = 8, 6
+
+
+def _batch(seed: int = 0) -> DataProto:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, T, dtype=torch.long)
+    lengths = torch.tensor([6, 4, 5, 2, 6, 3, 1, 6])
+    for i, n in enumerate(lengths):
+        mask[i, n:] = 0
+    scores = torch.tensor([1.0, 0.1, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # group b is all-correct
+    rewards = torch.zeros(B, T)
+    rewards[torch.arange(B), lengths - 1] = scores
+    td = TensorDict(
+        {
+            "token_level_rewards": rewards,
+            "response_mask": mask,
+            "old_log_probs": -torch.rand(B, T, generator=g) * mask,
+            POS_KEY: -torch.rand(B, T, generator=g) * mask,
+            NEG_KEY: -torch.rand(B, T, generator=g) * mask,
+        },
+        batch_size=[B],
+    )
+    uid = np.array(["a"] * 4 + ["b"] * 4, dtype=object)
+    has_neg = np.array([True] * 4 + [False] * 4)
+    return DataProto(batch=td, non_tensor_batch={"uid": uid, HAS_NEG_KEY: has_neg})
+
+
+def _algo(norm: bool = True) -> AlgoConfig:
+    return AlgoConfig(adv_estimator="cepo", norm_adv_by_std_in_grpo=norm)
+
+
+def test_estimators_registered():
+    assert ADV_ESTIMATOR_REGISTRY["cepo"] is ADV_ESTIMATOR_REGISTRY["rlsd"]
+
+
+@pytest.mark.parametrize("method", ["cepo", "rlsd"])
+@pytest.mark.parametrize("norm", [True, False])
+def test_estimator_equals_verl_grpo(method, norm):
+    ours = compute_advantage(_batch(), adv_estimator=method, num_repeat=4, norm_adv_by_std_in_grpo=norm,
+                             config=_algo(norm))
+    grpo = compute_advantage(_batch(), adv_estimator="grpo", num_repeat=4, norm_adv_by_std_in_grpo=norm,
+                             config=_algo(norm))
+    torch.testing.assert_close(ours.batch["advantages"], grpo.batch["advantages"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.batch["returns"], ours.batch["advantages"])
+    assert ours.batch["advantages"][:4].abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["cepo", "rlsd"])
+def test_token_credit_after_compute_advantage(method):
+    cfg = CEPOConfig(method=method)
+    data = compute_advantage(_batch(), adv_estimator=method, num_repeat=4, config=_algo())
+    before = data.batch["advantages"].clone()
+    metrics = apply_token_credit(data, cfg, step=0, teacher_seconds=1.5)
+    after = data.batch["advantages"]
+    mask = data.batch["response_mask"].bool()
+    seq = (before * mask).sum(-1) / mask.sum(-1)
+    expected, _ = compute_token_advantages(method, CreditInputs(
+        advantages=seq, response_mask=data.batch["response_mask"], lam=0.5, eps_w=0.5,
+        logp_student=data.batch["old_log_probs"], logp_pos=data.batch[POS_KEY],
+        logp_neg=data.batch[NEG_KEY] if method == "cepo" else None,
+        has_negative=torch.as_tensor(data.non_tensor_batch[HAS_NEG_KEY]) if method == "cepo" else None))
+    torch.testing.assert_close(after, expected)
+    torch.testing.assert_close(data.batch["returns"], after)
+    assert not torch.equal(after, before)
+    # Theorem 1 (i): sign(A_t) = sign(A) on every response token
+    assert torch.equal(torch.sign(after)[mask], torch.sign(before)[mask])
+    assert (after[~mask] == 0).all()
+    assert metrics["cepo/lambda"] == 0.5 and metrics["cepo/teacher_time_s"] == 1.5
+    for key in ("delta_pos_frac_adv_pos", "delta_neg_frac_adv_neg", "clip_rate", "adv_abs_mean_before",
+                "adv_abs_mean_after"):
+        assert f"cepo/{key}" in metrics
+
+
+def test_cepo_g_minus_empty_rows_fall_back_to_rlsd():
+    data = compute_advantage(_batch(), adv_estimator="cepo", num_repeat=4, config=_algo())
+    rlsd = compute_advantage(_batch(), adv_estimator="rlsd", num_repeat=4, config=_algo())
+    # make the group without a negative have a non-zero advantage: graded rewards in group b
+    for d in (data, rlsd):
+        d.batch["advantages"][4:] = torch.tensor([1.0, -1.0, 0.5, -0.5]).unsqueeze(-1) * d.batch["response_mask"][4:]
+    apply_token_credit(data, CEPOConfig(method="cepo"), step=3)
+    apply_token_credit(rlsd, CEPOConfig(method="rlsd"), step=3)
+    torch.testing.assert_close(data.batch["advantages"][4:], rlsd.batch["advantages"][4:])
+    assert not torch.allclose(data.batch["advantages"][:4], rlsd.batch["advantages"][:4])
+
+
+def test_lambda_zero_and_grpo_leave_advantages():
+    data = compute_advantage(_batch(), adv_estimator="cepo", num_repeat=4, config=_algo())
+    before = data.batch["advantages"].clone()
+    metrics = apply_token_credit(data, CEPOConfig(method="cepo"), step=25)
+    assert metrics == {"cepo/lambda": 0.0} and torch.equal(data.batch["advantages"], before)
+    metrics = apply_token_credit(data, CEPOConfig(method="grpo"), step=0)
+    assert torch.equal(data.batch["advantages"], before)
+
+
+def test_missing_teacher_field_is_named():
+    data = compute_advantage(_batch(), adv_estimator="rlsd", num_repeat=4, config=_algo())
+    data.batch.pop(POS_KEY)
+    with pytest.raises(KeyError, match=POS_KEY):
+        apply_token_credit(data, CEPOConfig(method="rlsd"), step=0)
+
+
+def test_choose_hints_lowest_reward_rejected_with_answer():
+    responses = [r"so \boxed{12}", r"\boxed{7}", "no box at all", r"\boxed{9}",  # group a
+                 r"\boxed{3}", r"\boxed{3}"]  # group b: all correct
+    scores = [1.0, 0.1, 0.0, 0.1, 1.0, 1.0]
+    uids = ["a", "a", "a", "a", "b", "b"]
+    pos, neg, has = choose_hints(responses, scores, uids, ["12"] * 4 + ["3"] * 2, CEPOConfig())
+    assert pos == ["12"] * 4 + ["3"] * 2
+    # the unboxed rollout has the lowest reward but no answer: skipped, never "None"; ties -> first row
+    assert neg[:4] == ["7"] * 4 and has[:4] == [True] * 4
+    assert neg[4:] == [None, None] and has[4:] == [False, False]
+
+
+def test_ground_truth_missing_names_row():
+    assert ground_truths_of([{"ground_truth": "3"}]) == ["3"]
+    with pytest.raises(ValueError, match="row 1"):
+        ground_truths_of([{"ground_truth": "3"}, {"ground_truth": ""}])
