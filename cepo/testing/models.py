@@ -128,6 +128,15 @@ def _set_generation_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFa
     gen.do_sample = False
 
 
+def _seeded_model(model_cls: Any, config: Any, tokenizer: PreTrainedTokenizerFast, seed: int) -> Any:
+    """``model_cls(config)`` in float32, initialised from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config).to(torch.float32)
+    _set_generation_ids(model, tokenizer)
+    return model
+
+
 def tiny_qwen3vl_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen3VLConfig:
     """Return the :class:`~transformers.Qwen3VLConfig` of :func:`build_tiny_qwen3vl` for ``tokenizer``."""
     tokenizer = _tokenizer_or_default(tokenizer)
@@ -176,12 +185,7 @@ def build_tiny_qwen3vl(
         seed: seed of the weight initialisation.
     """
     tokenizer = _tokenizer_or_default(tokenizer)
-    config = tiny_qwen3vl_config(tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config).to(torch.float32)
-    _set_generation_ids(model, tokenizer)
-    return model
+    return _seeded_model(Qwen3VLForConditionalGeneration, tiny_qwen3vl_config(tokenizer), tokenizer, seed)
 
 
 def build_tiny_text_lm(tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0) -> Qwen3ForCausalLM:
@@ -195,12 +199,7 @@ def build_tiny_text_lm(tokenizer: PreTrainedTokenizerFast | None = None, seed: i
         seed: seed of the weight initialisation.
     """
     tokenizer = _tokenizer_or_default(tokenizer)
-    config = tiny_text_lm_config(tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config).to(torch.float32)
-    _set_generation_ids(model, tokenizer)
-    return model
+    return _seeded_model(Qwen3ForCausalLM, tiny_text_lm_config(tokenizer), tokenizer, seed)
 
 
 def build_tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen3VLProcessor:
