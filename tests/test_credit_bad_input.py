@@ -87,7 +87,9 @@ def test_registry_dispatch_and_metrics() -> None:
     delta = contrastive_delta(x["pos"], x["neg"], x["student"], x["has_neg"], x["mask"])
     assert torch.equal(cepo, modulate_advantages(x["adv"], delta, x["mask"], 0.5, 0.5))
     assert 0.0 <= metrics["clip_rate"] <= 1.0
-    assert metrics["delta_pos_frac"] + metrics["delta_neg_frac"] <= 1.0
+    active = torch.tensor([True, True, False])  # row 2 has A = 0: no credit, not counted
+    assert metrics["delta_pos_frac"] == pytest.approx(float((delta[active] > 0).float().mean()))
+    assert metrics["delta_neg_frac"] == pytest.approx(float((delta[active] < 0).float().mean()))
     assert metrics["delta_pos_frac_adv_pos"] == pytest.approx(float((delta[0] > 0).float().mean()))
     assert metrics["has_negative_frac"] == pytest.approx(2 / 3)
     assert metrics["adv_abs_mean_before"] == pytest.approx(float(x["adv"].abs().mean()))

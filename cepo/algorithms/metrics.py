@@ -22,7 +22,8 @@ def credit_metrics(
 ) -> dict[str, float]:
     """Summary of one batch's token credit.
 
-    Keys (all over unmasked response tokens):
+    Keys (over unmasked response tokens; the delta statistics only over tokens with A != 0, the
+    ones that receive credit — rows with A = 0 may skip their teacher passes):
       ``delta_pos_frac`` / ``delta_neg_frac``: fraction with D_t > 0 / D_t < 0 (Fig. 4),
       the same split by the sign of A (``..._adv_pos`` / ``..._adv_neg``),
       ``delta_mean``, ``delta_abs_mean``,
@@ -41,14 +42,14 @@ def credit_metrics(
     n_tokens = int(mask.sum())
     n_active = int(active.sum())
     return {
-        "delta_pos_frac": _frac(delta > 0, mask),
-        "delta_neg_frac": _frac(delta < 0, mask),
+        "delta_pos_frac": _frac(delta > 0, active),
+        "delta_neg_frac": _frac(delta < 0, active),
         "delta_pos_frac_adv_pos": _frac(delta > 0, adv_pos),
         "delta_neg_frac_adv_pos": _frac(delta < 0, adv_pos),
         "delta_pos_frac_adv_neg": _frac(delta > 0, adv_neg),
         "delta_neg_frac_adv_neg": _frac(delta < 0, adv_neg),
-        "delta_mean": float(delta[mask].mean()) if n_tokens else 0.0,
-        "delta_abs_mean": float(delta[mask].abs().mean()) if n_tokens else 0.0,
+        "delta_mean": float(delta[active].mean()) if n_active else 0.0,
+        "delta_abs_mean": float(delta[active].abs().mean()) if n_active else 0.0,
         "weight_mean": float(weights[active].mean()) if n_active else 1.0,
         "clip_rate": _frac(clipped, active),
         "adv_abs_mean_before": float(adv[mask].abs().mean()) if n_tokens else 0.0,
