@@ -14,7 +14,7 @@ from cepo.algorithms import CreditInputs, compute_token_advantages, group_advant
 from cepo.cli import main as cli_main
 from cepo.data import to_conversational
 from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
-from cepo.integrations.trl.rewards import _completion_text
+from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
 from cepo.smoke import prepare_smoke_model, run_smoke
 from cepo.teacher import STUDENT_TEMPLATE, build_teacher_inputs, teacher_logprobs
@@ -78,7 +78,7 @@ class _RecordingTrainer(CEPOTrainer):
         rewards = rollouts["rewards_per_func"].sum(dim=1)
         groups = [i // self.num_generations for i in range(len(rewards))]
         adv = group_advantages(rewards, groups)
-        answers = [extract_answer(_completion_text(c)) for c in rollouts["completions"]]
+        answers = [extract_answer(completion_text(c)) for c in rollouts["completions"]]
         neg, has_neg = negative_hints(answers, rewards, groups)
         prompts, rows = rollouts["prompts"], rollouts["inputs"]
         ids, mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -169,6 +169,12 @@ def test_bad_input_fails_before_training(smoke_model: Path, tmp_path: Path, caps
     processor.chat_template = None
     with pytest.raises(ValueError, match="tokenizer has none"):
         CEPOTrainer(model=model, reward_funcs=make_math_reward(), args=args,
+                    train_dataset=to_conversational(make_geo3k_like(4)), processing_class=processor)
+    processor = AutoProcessor.from_pretrained(smoke_model)
+    batch_args = CEPOGRPOConfig(output_dir=str(tmp_path), num_generations=4, per_device_train_batch_size=4,
+                                report_to="none", use_cpu=True, scale_rewards="batch")
+    with pytest.raises(ValueError, match="scale_rewards='batch' is not supported"):
+        CEPOTrainer(model=model, reward_funcs=make_math_reward(), args=batch_args,
                     train_dataset=to_conversational(make_geo3k_like(4)), processing_class=processor)
     assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from typing import Any
 from cepo.rewards import compute_score
 
 
-def _completion_text(completion: Any) -> str:
+def completion_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
@@ -26,7 +26,7 @@ def make_math_reward(accuracy_weight: float = 0.9, format_weight: float = 0.1):
 
     def math_reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
         return [
-            compute_score(_completion_text(c), a, accuracy_weight, format_weight).overall
+            compute_score(completion_text(c), a, accuracy_weight, format_weight).overall
             for c, a in zip(completions, answer, strict=True)
         ]
 

@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 
 from cepo.algorithms import TEACHER_PASSES, CreditInputs, compute_token_advantages, group_advantages, negative_hints
 from cepo.integrations.trl.config import CEPOGRPOConfig
-from cepo.integrations.trl.rewards import _completion_text
+from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
 from cepo.teacher import build_teacher_inputs
 
@@ -38,6 +38,16 @@ class CEPOTrainer(GRPOTrainer):
         if not isinstance(self.args, CEPOGRPOConfig):
             raise TypeError("CEPOTrainer needs args=CEPOGRPOConfig(...) (it carries the cepo_* settings)")
         self.cepo = self.args.cepo_config()
+        if self.scale_rewards == "batch":
+            raise ValueError(
+                "scale_rewards='batch' is not supported by CEPOTrainer: the advantage is Eq. 1, normalised within "
+                "each group; use scale_rewards='group' (default) or 'none' (Dr.GRPO)"
+            )
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "multi_objective_aggregation must be 'sum_then_normalize' for CEPOTrainer (the weighted reward sum "
+                "is normalised per group, Eq. 1)"
+            )
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         if self.cepo.method != "grpo" and getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(
@@ -103,7 +113,7 @@ class CEPOTrainer(GRPOTrainer):
         inputs, prompts = rollouts["inputs"], rollouts["prompts"]
         completion_ids, mask = output["completion_ids"], output["completion_mask"]
         n_local = completion_ids.shape[0]
-        answers_local = [extract_answer(_completion_text(c)) for c in rollouts["completions"]]
+        answers_local = [extract_answer(completion_text(c)) for c in rollouts["completions"]]
         answers = gather_object(answers_local)
         pos_hints = [str(x["answer"]) for x in inputs]
         neg_all, has_neg_all = negative_hints(
