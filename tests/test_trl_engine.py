@@ -205,3 +205,30 @@ def test_cepo_train_from_method_yaml(smoke_model: Path, tmp_path: Path, capsys: 
     assert saved["learning_rate"] == 5e-6 and saved["num_generations"] == 4 and saved["cepo_eps_w"] == 0.5
     assert cli_main(["train", "--config", str(config), *overrides, "+cepo.eps=0.3"]) == 2
     assert "unknown key(s) cepo.eps" in capsys.readouterr().err
+
+
+def test_trl_loader_reads_prepared_verl_parquet(tmp_path: Path) -> None:
+    """The TRL engine reads scripts/prepare_geo3k.py output: same student prompt, answer and figure."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from cepo.data import student_prompt
+    from cepo.integrations.trl.from_config import load_train_dataset
+    from cepo.testing import write_geo3k_parquet
+
+    src = write_geo3k_parquet(tmp_path / "src", n_train=4, n_test=2)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_geo3k.py"
+    done = subprocess.run([sys.executable, str(script), "--dataset", str(src), "--local-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    raw = make_geo3k_like(4)
+    for files in (tmp_path / "out" / "train.parquet", src / "train.parquet"):
+        cfg = OmegaConf.create({"data": {"train_files": str(files), "prompt_key": "prompt", "image_key": "images"}})
+        loaded = load_train_dataset(cfg)
+        assert set(loaded.column_names) == {"images", "prompt", "answer"}
+        for i in range(4):
+            assert loaded[i]["prompt"] == [{"role": "user", "content": student_prompt(raw[i]["problem"])}]
+            assert loaded[i]["answer"] == raw[i]["answer"]
+            assert loaded[i]["images"][0].size == raw[i]["images"][0].size
