@@ -14,8 +14,10 @@ overrides around its ``_step_once`` pipeline (reward -> balance -> old log-probs
   the token modulation of Eq. 4/7 (``credit.apply_token_credit``), written back as ``advantages``.
 
 Teacher rows live in their own TransferQueue partition (:data:`TEACHER_PARTITION`) with the same
-per-sample fields as rollout samples, and are cleared after the call. Only a GPU run executes this
-module (verl 0.9 rollouts are vLLM/SGLang servers); its pieces are tested on CPU.
+per-sample fields as rollout samples, padded with 2-token no-op rows to a multiple of dp x
+``rollout.log_prob_micro_batch_size_per_gpu`` (dp alone with dynamic batching), and are cleared after the
+call. ``tests/verl/test_verl_trainer_cpu.py`` runs both overrides on CPU against real TransferQueue and
+verl's worker/engine call path (see docs/verl.md for what stays GPU-only).
 """
 
 from __future__ import annotations
@@ -49,6 +51,29 @@ def _as_list(values: Any) -> list[Any]:
     return list(values)
 
 
+def _padding_row(template: dict[str, Any], pad_token_id: int) -> dict[str, Any]:
+    """A 2-token no-op teacher row (no image, response masked out) with the template's field layout.
+
+    Fills the teacher batch up to the multiple the workers need, like verl's own
+    ``upsample_batch_to_divisible_size`` does for rollout batches, without paying a full teacher forward.
+    """
+    ids = torch.full((2,), pad_token_id, dtype=torch.long)
+    positions = torch.arange(2, dtype=torch.long)
+    if template["position_ids"].dim() == 2:
+        positions = positions.unsqueeze(0).expand(template["position_ids"].shape[0], -1).clone()
+    mask = torch.zeros(1, dtype=torch.long)
+    return {
+        "prompts": ids[:1].clone(),
+        "responses": ids[1:].clone(),
+        "response_mask": mask,
+        "loss_mask": mask.clone(),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": positions,
+        "multi_modal_inputs": {},
+    }
+
+
 @register_trainer(TRAINER_MODE)
 class CEPOTrainerSync(PPOTrainerSync):
     """verl's synchronous v1 trainer plus the CEPO/RLSD teacher passes (see the module docstring)."""
@@ -76,6 +101,20 @@ class CEPOTrainerSync(PPOTrainerSync):
             info = self.actor_rollout_wg._query_dispatch_info("actor")
             self.actor_rollout_wg._dispatch_info["actor"] = info
         return max(info) + 1
+
+    def _teacher_batch_multiple(self) -> int:
+        """Row count the teacher batch must be a multiple of for the actor's ``compute_log_prob``.
+
+        The dispatcher splits the batch evenly over the data-parallel ranks, and without dynamic batching
+        each rank's share must also split into whole micro-batches of
+        ``rollout.log_prob_micro_batch_size_per_gpu`` (verl's ``prepare_micro_batches`` asserts it).
+        """
+        dp = self._dp_size()
+        rollout = self.config.actor_rollout_ref.rollout
+        if rollout.get("log_prob_use_dynamic_bsz", False):
+            return dp
+        micro = rollout.get("log_prob_micro_batch_size_per_gpu", None) or 1
+        return dp * int(micro)
 
     # ----------------------------------------------------------------------------------------------
     def _compute_old_log_prob(self, batch: Any, metrics: dict) -> Any:
@@ -122,10 +161,11 @@ class CEPOTrainerSync(PPOTrainerSync):
             for i, _, hint in jobs
         ]
         keys = [f"{batch.keys[i]}::{kind}" for i, kind, _ in jobs]
-        dp = self._dp_size()
-        while len(rows) % dp:  # the dispatcher splits the batch evenly over data-parallel ranks
-            rows.append(rows[0])
-            keys.append(f"{keys[0]}::dp_pad{len(keys)}")
+        multiple = self._teacher_batch_multiple()
+        pad_token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        while len(rows) % multiple:
+            rows.append(_padding_row(rows[0], pad_token))
+            keys.append(f"{keys[0]}::pad{len(keys)}")
         tags = [{"status": "success", "seq_len": int(r["input_ids"].numel())} for r in rows]
         meta = tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows),
                                tags=tags)
