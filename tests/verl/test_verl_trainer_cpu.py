@@ -319,3 +319,23 @@ def test_lambda_zero_skips_the_teacher_call(verl_cpu, tiny_vl_dir, vl_processor,
     seq_adv = group_advantages(torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows])
     torch.testing.assert_close(_padded(out["advantages"].unbind()), seq_adv.unsqueeze(-1) * mask,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_zero_advantage_group_gets_no_teacher_rows(verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo, monkeypatch):
+    """A group whose rewards are all equal has A = 0, so A_t = 0 whatever the teacher says: no teacher rows."""
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "SCORES", [SCORES[0], [1.0] * N])
+    cfg = _config(tiny_vl_dir)
+    wg = _worker_group(cfg, vl_model)
+    meta, _ = _put_rollouts(vl_processor, vl_processor.tokenizer, geo, "c")
+    trainer = _trainer(cfg, vl_processor, wg, global_steps=1)
+    metrics: dict = {}
+    meta = trainer._compute_advantage(trainer._compute_old_log_prob(meta, metrics), metrics)
+
+    teacher_keys = wg.log_prob_calls[1][1]
+    assert {k.split("_")[0] for k in teacher_keys if k.endswith(("::pos", "::neg"))} == {"c0"}
+    assert sum(k.endswith("::pos") for k in teacher_keys) == N and sum(k.endswith("::neg") for k in teacher_keys) == N
+    out = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["advantages"])
+    advantages = _padded(out["advantages"].unbind())
+    assert torch.all(advantages[N:] == 0) and advantages[:N].abs().sum() > 0

@@ -36,7 +36,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 import cepo.integrations.verl.estimators  # noqa: F401  (registers the cepo/rlsd estimators)
-from cepo.algorithms import TEACHER_PASSES
+from cepo.algorithms import TEACHER_PASSES, group_advantages
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import HAS_NEG_KEY, NEG_KEY, POS_KEY, apply_token_credit, choose_hints
 from cepo.integrations.verl.hydra_config import TRAINER_MODE, cepo_config_from
@@ -145,13 +145,45 @@ class CEPOTrainerSync(PPOTrainerSync):
             gts.append(str(gt))
         pos, neg, has_neg = choose_hints(texts, [scores[i] for i in real], [uids[i] for i in real], gts, self.cepo)
 
+        # rows with A = 0 (all rewards of the group equal) get A_t = 0 whatever the teacher says: skip them
+        norm = bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True))
+        seq_adv = group_advantages(torch.tensor([scores[i] for i in real]), [uids[i] for i in real], norm_by_std=norm)
+
         # one teacher batch for r+ and r-: a single call to the actor workers
         jobs: list[tuple[int, str, str]] = []  # (student row, kind, hint)
         for j, i in enumerate(real):
+            if float(seq_adv[j]) == 0.0:
+                continue
             if "pos" in passes:
                 jobs.append((i, "pos", pos[j]))
             if "neg" in passes and has_neg[j]:
                 jobs.append((i, "neg", neg[j]))
+        logps = self._teacher_log_probs(batch, jobs, responses, raw_prompts, mm_inputs) if jobs else []
+
+        pos_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
+        neg_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
+        for (i, kind, _), lp in zip(jobs, logps, strict=True):
+            if lp.numel() != responses[i].numel():
+                raise RuntimeError(f"teacher log-probs of rollout {batch.keys[i]} have {lp.numel()} tokens, "
+                                   f"the response has {responses[i].numel()}")
+            (pos_rows if kind == "pos" else neg_rows)[i] = lp.float().flatten()
+        flags = torch.zeros(n, dtype=torch.bool)
+        for j, i in enumerate(real):
+            flags[i] = bool(has_neg[j])
+        write = {
+            POS_KEY: torch.nested.as_nested_tensor(pos_rows, layout=torch.jagged),
+            NEG_KEY: torch.nested.as_nested_tensor(neg_rows, layout=torch.jagged),
+            HAS_NEG_KEY: flags,
+        }
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(write, batch_size=n))
+        self._cepo_teacher_seconds = time.perf_counter() - start
+        return batch
+
+    def _teacher_log_probs(
+        self, batch: Any, jobs: list[tuple[int, str, str]], responses: list[Any], raw_prompts: list[Any],
+        mm_inputs: list[Any],
+    ) -> list[torch.Tensor]:
+        """Score every (row, kind, hint) job on the actor workers in one ``compute_log_prob`` call."""
         rope = self._rope_index_fn()
         processing = self.processor if self.processor is not None else self.tokenizer
         rows = [
@@ -180,25 +212,7 @@ class CEPOTrainerSync(PPOTrainerSync):
         response_logps = response_from_nested(out["log_probs"], out["response_mask"])
         logps = [response_logps[k] for k in range(len(jobs))]
         tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
-
-        pos_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
-        neg_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
-        for (i, kind, _), lp in zip(jobs, logps, strict=True):
-            if lp.numel() != responses[i].numel():
-                raise RuntimeError(f"teacher log-probs of rollout {batch.keys[i]} have {lp.numel()} tokens, "
-                                   f"the response has {responses[i].numel()}")
-            (pos_rows if kind == "pos" else neg_rows)[i] = lp.float().flatten()
-        flags = torch.zeros(n, dtype=torch.bool)
-        for j, i in enumerate(real):
-            flags[i] = bool(has_neg[j])
-        write = {
-            POS_KEY: torch.nested.as_nested_tensor(pos_rows, layout=torch.jagged),
-            NEG_KEY: torch.nested.as_nested_tensor(neg_rows, layout=torch.jagged),
-            HAS_NEG_KEY: flags,
-        }
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(write, batch_size=n))
-        self._cepo_teacher_seconds = time.perf_counter() - start
-        return batch
+        return logps
 
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
         batch = super()._compute_advantage(batch, metrics)
