@@ -28,9 +28,10 @@ def composed():
     return {m: compose_method_config(m, []) for m in METHODS}
 
 
-def test_configs_dir_is_repo_configs():
+def test_configs_dir_is_the_package_configs_and_repo_link():
     repo = Path(__file__).resolve().parents[2]
-    assert configs_dir() == repo / "configs" == CONFIGS_DIR
+    assert configs_dir() == repo / "cepo" / "configs" == CONFIGS_DIR
+    assert (repo / "configs").resolve() == configs_dir()  # the top-level configs/ users edit is the same folder
     for name in (*METHODS, "paper_base"):
         assert (configs_dir() / f"{name}.yaml").is_file()
 

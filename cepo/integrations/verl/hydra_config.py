@@ -34,9 +34,9 @@ _CONFIGS_ENV = "CEPO_CONFIGS_DIR"
 def configs_dir() -> Path:
     """Absolute path of the repository's ``configs/`` directory.
 
-    Looked up (1) in ``$CEPO_CONFIGS_DIR`` if set, else (2) at ``<repo>/configs`` relative to
-    this file (``cepo/integrations/verl/hydra_config.py`` -> three levels up), which is where it
-    is in a source checkout and an editable install (``pip install -e .``).
+    Looked up (1) in ``$CEPO_CONFIGS_DIR`` if set, else (2) in the package, ``cepo/configs`` (shipped
+    as package data, so a wheel install has it too; the repository's top-level ``configs`` is a
+    symlink to it).
 
     Raises:
         FileNotFoundError: naming both places looked at, when neither holds ``cepo.yaml``.
@@ -45,13 +45,13 @@ def configs_dir() -> Path:
     env = os.environ.get(_CONFIGS_ENV)
     if env:
         candidates.append(Path(env).expanduser().resolve())
-    candidates.append(Path(__file__).resolve().parents[3] / "configs")
+    candidates.append(Path(__file__).resolve().parents[2] / "configs")
     for path in candidates:
         if (path / "cepo.yaml").is_file():
             return path
     raise FileNotFoundError(
         f"cannot find the cepo configs/ directory (looked in {[str(p) for p in candidates]}). "
-        f"Install cepo from a source checkout with `pip install -e .`, or set ${_CONFIGS_ENV} to the configs/ path."
+        f"Reinstall cepo (the YAMLs ship as package data in cepo/configs), or set ${_CONFIGS_ENV} to a configs/ path."
     )
 
 
