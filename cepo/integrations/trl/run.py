@@ -1,8 +1,9 @@
 """Run a TRL training job: model + data + ``CEPOGRPOConfig`` -> run directory.
 
-A run directory holds ``config.json`` (every setting used), ``metrics.jsonl`` (one row per
-optimizer step), ``checkpoint-*`` folders from TRL, and ``final/`` (the adapter or model and its
-processor). Per step, one line of metrics is printed beside TRL's progress bar.
+A run directory holds ``config.json`` (every setting used), ``metrics.jsonl`` (one row per logged
+step: every optimizer step with ``logging_steps=1``, as ``cepo smoke`` and ``cepo train`` set it),
+``checkpoint-*`` folders from TRL, and ``final/`` (the adapter or model and its processor). Each
+logged step also prints one line of metrics beside TRL's progress bar.
 """
 
 from __future__ import annotations
