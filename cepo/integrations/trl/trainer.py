@@ -15,6 +15,7 @@ Only the advantage changes; TRL's PPO-clip loss is untouched (paper Sec. 3.4).
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -55,7 +56,8 @@ class CEPOTrainer(GRPOTrainer):
                 "tokenizer has none; use an instruct/chat model or set tokenizer.chat_template"
             )
         self._cepo_rollouts: dict[str, Any] = {}
-        self.teacher_calls: list[dict[str, Any]] = []  # hint texts of every teacher pass (for inspection)
+        # the hints of the most recent teacher rows, for inspection and tests (bounded: long runs do not grow it)
+        self.teacher_calls: deque[dict[str, Any]] = deque(maxlen=4096)
 
     # -- 1. keep what TRL computed for the rewards -------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -143,7 +145,7 @@ class CEPOTrainer(GRPOTrainer):
                 include_image=self.cepo.teacher_sees_image,
                 max_prompt_length=self.cepo.teacher_max_prompt_length,
             )
-            logps = self._score(teacher.input_ids, teacher.attention_mask, completion_ids.shape[1], teacher)
+            logps = self._score(teacher)
             for (kind, row, hint), values in zip(jobs, logps, strict=True):
                 (logp_pos if kind == "pos" else logp_neg)[row] = values.float()
                 self.teacher_calls.append({"step": self.state.global_step, "kind": kind, "row": row, "hint": hint})
@@ -165,40 +167,39 @@ class CEPOTrainer(GRPOTrainer):
         return None
 
     @torch.no_grad()
-    def _score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, teacher: Any) -> Any:
-        """Sampled-token log-probs through TRL's own routine (same temperature and chunking as P_S)."""
+    def _sampled_logps(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, **forward: Any
+    ) -> torch.Tensor:
+        """Log-probs of the last ``response_mask.shape[1]`` tokens through TRL's own routine (same temperature
+        and chunking as TRL's old log-probs), zero at masked positions."""
         device = self.accelerator.device
-        kwargs: dict[str, Any] = {}
-        if teacher.pixel_values is not None:
-            kwargs["pixel_values"] = teacher.pixel_values.to(device)
-            kwargs["image_grid_thw"] = teacher.image_grid_thw.to(device)
-            kwargs["num_images"] = teacher.num_images
-        if teacher.mm_token_type_ids is not None:
-            kwargs["mm_token_type_ids"] = teacher.mm_token_type_ids.to(device)
+        forward = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in forward.items() if v is not None}
         logps, _, _ = self._get_per_token_logps_and_entropies(
             self.model,
             input_ids.to(device),
             attention_mask.to(device),
-            logits_to_keep,
+            response_mask.shape[1],
             batch_size=self.args.per_device_train_batch_size,
-            **kwargs,
+            **forward,
         )
-        return logps * teacher.response_mask.to(device)
+        return logps.float() * response_mask.to(device)
 
-    @torch.no_grad()
+    def _score(self, teacher: Any) -> torch.Tensor:
+        """P_T for a batch of teacher rows (``cepo.teacher.TeacherInputs``)."""
+        images = teacher.pixel_values is not None
+        return self._sampled_logps(
+            teacher.input_ids,
+            teacher.attention_mask,
+            teacher.response_mask,
+            pixel_values=teacher.pixel_values,
+            image_grid_thw=teacher.image_grid_thw,
+            num_images=teacher.num_images if images else None,
+            mm_token_type_ids=teacher.mm_token_type_ids,
+        )
+
     def _student_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """P_S: log-probs of the completions in the student context (the old log-probs)."""
         ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        kwargs = {k: output[k] for k in _FORWARD_KEYS if k in output}
-        if "num_images" in output:
-            kwargs["num_images"] = output["num_images"]
-        logps, _, _ = self._get_per_token_logps_and_entropies(
-            self.model,
-            ids,
-            attention,
-            output["completion_ids"].shape[1],
-            batch_size=self.args.per_device_train_batch_size,
-            **kwargs,
-        )
-        return logps.float() * output["completion_mask"]
+        forward = {k: output[k] for k in (*_FORWARD_KEYS, "num_images") if k in output}
+        return self._sampled_logps(ids, attention, output["completion_mask"], **forward)
