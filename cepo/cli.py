@@ -20,6 +20,7 @@ def _smoke(ns: argparse.Namespace) -> int:
         seed=ns.seed,
         use_lora=not ns.no_lora,
         resume=ns.resume,
+        overwrite=ns.overwrite,
     )
     print(f"smoke run finished in {result.wall_seconds:.1f} s; run directory: {result.run_dir}")
     return 0
@@ -28,7 +29,7 @@ def _smoke(ns: argparse.Namespace) -> int:
 def _train(ns: argparse.Namespace) -> int:
     from cepo.integrations.trl.from_config import train_from_config
 
-    run_dir = train_from_config(ns.config, ns.overrides, resume=ns.resume)
+    run_dir = train_from_config(ns.config, ns.overrides, resume=ns.resume, overwrite=ns.overwrite)
     print(f"training finished; run directory: {run_dir}")
     return 0
 
@@ -44,11 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--seed", type=int, default=0)
     smoke.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA r16/a32")
     smoke.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    smoke.add_argument("--overwrite", action="store_true", help="delete the checkpoints already in --output-dir")
     smoke.set_defaults(func=_smoke)
 
     train = sub.add_parser("train", help="train from a method YAML (configs/<method>.yaml) on the TRL engine")
     train.add_argument("--config", required=True, help="path to a method YAML, e.g. configs/cepo.yaml")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="delete the checkpoints already in the run dir")
     train.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. cepo.eps_w=0.2")
     train.set_defaults(func=_train)
     return parser

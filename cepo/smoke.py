@@ -55,6 +55,7 @@ def run_smoke(
     resume: bool = False,
     echo: bool = True,
     model_dir: str | Path | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> SmokeResult:
     """Run ``steps`` optimizer steps of ``method`` and return the run directory.
@@ -101,5 +102,6 @@ def run_smoke(
         peft_config=lora_config() if use_lora else None,
         resume_from_checkpoint=True if resume else None,
         echo=echo,
+        overwrite=overwrite,
     )
     return SmokeResult(run_dir=run_dir, wall_seconds=time.perf_counter() - tic, trainer=trainer)

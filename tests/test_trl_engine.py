@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,14 @@ def test_advantages_reaching_trl_loss_equal_cepo_algorithms(smoke_model: Path, t
 
 def test_resume_continues_step_count_and_lambda(smoke_model: Path, tmp_path: Path) -> None:
     run = tmp_path / "resume"
-    run_smoke(run, steps=2, model_dir=smoke_model, echo=False, save_steps=1)
-    assert (run / "checkpoint-2").is_dir()
-    result = run_smoke(run, steps=4, model_dir=smoke_model, echo=False, save_steps=1, resume=True)
+    run_smoke(run, steps=3, model_dir=smoke_model, echo=False, save_steps=2)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [1, 2, 3]
+    shutil.rmtree(run / "checkpoint-3")  # as if the job died after logging step 3, before saving it
+    result = run_smoke(run, steps=4, model_dir=smoke_model, echo=False, save_steps=2, resume=True)
     assert result.trainer.state.global_step == 4
     rows = _rows(run / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 re-run from checkpoint-2, not duplicated
     assert rows[2]["cepo/lambda"] == pytest.approx(linear_lambda(2, 0.5, 25))
 
 
@@ -145,7 +148,12 @@ def test_cli_smoke_exit_codes(smoke_model: Path, tmp_path: Path, capsys: pytest.
     (run / "base-model").symlink_to(smoke_model)
     assert cli_main(["smoke", "--steps", "1", "--output-dir", str(run)]) == 0
     assert "smoke run finished" in capsys.readouterr().out
-    assert cli_main(["smoke", "--steps", "1", "--output-dir", str(run), "--method", "cepo", "--seed", "0"]) == 0
+    # a second run never overwrites the first one's checkpoints silently
+    assert cli_main(["smoke", "--steps", "1", "--output-dir", str(run)]) == 2
+    assert "already holds checkpoints (checkpoint-1); resume it (--resume)" in capsys.readouterr().err
+    assert (run / "checkpoint-1").is_dir()
+    assert cli_main(["smoke", "--steps", "2", "--output-dir", str(run), "--overwrite"]) == 0
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_bad_input_fails_before_training(smoke_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

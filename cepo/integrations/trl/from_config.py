@@ -144,7 +144,9 @@ def load_train_dataset(cfg: DictConfig) -> Any:
     return out
 
 
-def train_from_config(config: str | Path, overrides: list[str] | None = None, resume: bool = False) -> Path:
+def train_from_config(
+    config: str | Path, overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False
+) -> Path:
     """Compose, map, load and train; returns the run directory."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -158,5 +160,6 @@ def train_from_config(config: str | Path, overrides: list[str] | None = None, re
     model = AutoModelForImageTextToText.from_pretrained(model_path)
     rank = int(_select(cfg, "actor_rollout_ref.model.lora_rank", 0))
     peft = lora_config(rank, int(_select(cfg, "actor_rollout_ref.model.lora_alpha", 2 * rank))) if rank > 0 else None
-    train(model, processor, dataset, args, peft_config=peft, resume_from_checkpoint=True if resume else None)
+    train(model, processor, dataset, args, peft_config=peft, resume_from_checkpoint=True if resume else None,
+          overwrite=overwrite)
     return Path(args.output_dir)

@@ -9,6 +9,7 @@ logged step also prints one line of metrics beside TRL's progress bar.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ class MetricsFileCallback(TrainerCallback):
         self.path = Path(path)
         self.echo = echo
         self._last = time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Keep only the rows up to the step training starts from (0 for a new run, the checkpoint's on resume),
+        so a resumed run neither duplicates nor leaves stale rows."""
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", 0) <= state.global_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or "reward" not in logs or not state.is_world_process_zero:
@@ -73,9 +83,26 @@ def train(
     peft_config: Any = None,
     resume_from_checkpoint: str | bool | None = None,
     echo: bool = True,
+    overwrite: bool = False,
 ) -> CEPOTrainer:
-    """Train with ``CEPOTrainer`` and write the run directory at ``args.output_dir``."""
+    """Train with ``CEPOTrainer`` and write the run directory at ``args.output_dir``.
+
+    A run directory that already holds checkpoints is never silently overwritten: pass
+    ``resume_from_checkpoint`` to continue it, ``overwrite=True`` to delete its checkpoints, metrics and
+    ``final/`` first, or choose another ``output_dir``.
+    """
     run_dir = Path(args.output_dir)
+    existing = sorted(run_dir.glob("checkpoint-*")) if run_dir.exists() else []
+    if existing and not resume_from_checkpoint:
+        if not overwrite:
+            raise ValueError(
+                f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing[:3])}"
+                f"{', ...' if len(existing) > 3 else ''}); resume it (--resume), start elsewhere (--output-dir), or "
+                "delete them (--overwrite)"
+            )
+        for path in [*existing, run_dir / "final"]:
+            shutil.rmtree(path, ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if "answer" not in train_dataset.column_names:
         raise ValueError(
