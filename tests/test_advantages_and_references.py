@@ -59,6 +59,7 @@ def test_group_advantages_known_values() -> None:
     torch.testing.assert_close(adv[:4], (torch.tensor([1.0, 0.0, 0.0, 1.0]) - 0.5) / (std + 1e-6))
     assert adv[4].item() == pytest.approx(5.0 / (1 + 1e-6))  # singleton group: mean 0, std 1 (verl's rule)
     assert torch.all(group_advantages(torch.ones(4), [0, 0, 0, 0]) == 0)  # all correct -> no signal
+    assert torch.equal(group_advantages([1.0, 0.0, 0.0, 1.0], "aaaa"), adv[:4])  # plain sequences work too
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 
 
 def group_advantages(
-    scores: torch.Tensor,
+    scores: torch.Tensor | Sequence[float],
     group_ids: Sequence[Hashable],
     norm_by_std: bool = True,
     eps: float = 1e-6,
@@ -20,7 +20,7 @@ def group_advantages(
     std 1 (its advantage is ``score / (1 + eps)``). ``norm_by_std=False`` gives ``R - mean`` (Dr.GRPO).
 
     Args:
-        scores: (B,) scalar reward per rollout.
+        scores: (B,) scalar reward per rollout (a tensor, or a sequence taken as float32).
         group_ids: B hashable ids (strings or ints); rows with equal ids form one group.
         norm_by_std: divide by the group std (GRPO) or not (Dr.GRPO).
         eps: added to the std.
@@ -28,9 +28,13 @@ def group_advantages(
     Returns:
         (B,) advantages, detached, in the dtype of ``scores``.
     """
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be a 1-D tensor of per-rollout rewards, got {shape}")
+    if not isinstance(scores, torch.Tensor):
+        try:
+            scores = torch.as_tensor(scores, dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"scores must be a 1-D tensor or sequence of per-rollout rewards: {err}") from err
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor of per-rollout rewards, got shape {tuple(scores.shape)}")
     if len(group_ids) != scores.shape[0]:
         raise ValueError(
             f"group_ids has {len(group_ids)} entries but scores has {scores.shape[0]}; give one id per rollout"
