@@ -240,3 +240,26 @@ def test_trl_loader_reads_prepared_verl_parquet(tmp_path: Path) -> None:
             assert loaded[i]["prompt"] == [{"role": "user", "content": student_prompt(raw[i]["problem"])}]
             assert loaded[i]["answer"] == raw[i]["answer"]
             assert loaded[i]["images"][0].size == raw[i]["images"][0].size
+
+
+def test_cepo_train_text_only_model(tmp_path: Path) -> None:
+    """`cepo train` loads a text-only causal LM with its tokenizer and trains on a dataset without images
+    (the random tiny LM earns no reward, so this covers loading, data and saving; the text teacher path is
+    covered by tests/test_teacher.py)."""
+    from cepo.integrations.verl.hydra_config import configs_dir
+    from cepo.testing import save_tiny_text_lm
+
+    model = save_tiny_text_lm(tmp_path / "lm")
+    data = make_geo3k_like(8).remove_columns("images")
+    data.to_parquet(str(tmp_path / "train.parquet"))
+    overrides = [
+        f"actor_rollout_ref.model.path={model}", f"data.train_files={tmp_path / 'train.parquet'}",
+        "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.rollout.n=4",
+        "data.max_response_length=8", "trainer.total_training_steps=1",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=0", "actor_rollout_ref.model.lora_rank=0",
+        f"trainer.default_local_dir={tmp_path / 'run'}",
+    ]
+    assert cli_main(["train", "--config", str(configs_dir() / "rlsd.yaml"), *overrides]) == 0
+    rows = _rows(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 1 and rows[0]["cepo/lambda"] == 0.5
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()  # full fine-tuning: the whole model

@@ -144,20 +144,31 @@ def load_train_dataset(cfg: DictConfig) -> Any:
     return out
 
 
+def load_model(path: str) -> tuple[Any, Any]:
+    """A vision-language model with its processor, or a text-only causal LM with its tokenizer."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    if getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None:
+        return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
 def train_from_config(
     config: str | Path, overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False
 ) -> Path:
     """Compose, map, load and train; returns the run directory."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from cepo.integrations.trl.run import lora_config, train
 
     cfg = compose(config, overrides)
     args = trl_args(cfg)
     dataset = load_train_dataset(cfg)
-    model_path = str(_select(cfg, "actor_rollout_ref.model.path"))
-    processor = AutoProcessor.from_pretrained(model_path)
-    model = AutoModelForImageTextToText.from_pretrained(model_path)
+    model, processor = load_model(str(_select(cfg, "actor_rollout_ref.model.path")))
     rank = int(_select(cfg, "actor_rollout_ref.model.lora_rank", 0))
     peft = lora_config(rank, int(_select(cfg, "actor_rollout_ref.model.lora_alpha", 2 * rank))) if rank > 0 else None
     train(model, processor, dataset, args, peft_config=peft, resume_from_checkpoint=True if resume else None,
