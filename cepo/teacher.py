@@ -22,6 +22,7 @@ from the logits at column ``P + t - 1``.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +39,11 @@ STUDENT_TEMPLATE = "{{ prompt }}{{ hint }}"
 Message = dict[str, Any]
 
 
+@functools.lru_cache(maxsize=32)
 def compile_template(template: str) -> jinja2.Template:
-    """Compile a teacher template; it must use ``{{ prompt }}`` and ``{{ hint }}``."""
+    """Compile a teacher template; it must use ``{{ prompt }}`` and ``{{ hint }}``.
+
+    Cached: engines build teacher rows one by one with the same template string."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     try:
         parsed = env.parse(template)
@@ -108,7 +112,8 @@ def _has_image_processor(processing_class: Any) -> bool:
     return getattr(processing_class, "image_processor", None) is not None
 
 
-def _tokenizer_of(processing_class: Any) -> Any:
+def tokenizer_of(processing_class: Any) -> Any:
+    """The tokenizer of a multimodal processor, or the tokenizer itself."""
     return getattr(processing_class, "tokenizer", processing_class)
 
 
@@ -206,7 +211,7 @@ def build_teacher_inputs(
         )
     if images is not None and len(images) != n:
         raise ValueError(f"images has {len(images)} entries but messages has {n}; give one list per rollout")
-    tokenizer = _tokenizer_of(processing_class)
+    tokenizer = tokenizer_of(processing_class)
     if getattr(tokenizer, "chat_template", None) is None and getattr(processing_class, "chat_template", None) is None:
         raise ValueError(
             "the tokenizer has no chat template; teacher contexts re-apply it. Load an instruct/chat model or set "

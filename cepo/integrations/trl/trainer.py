@@ -26,7 +26,7 @@ from cepo.algorithms import TEACHER_PASSES, CreditInputs, compute_token_advantag
 from cepo.integrations.trl.config import CEPOGRPOConfig
 from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
-from cepo.teacher import build_teacher_inputs
+from cepo.teacher import build_teacher_inputs, tokenizer_of
 
 _FORWARD_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -49,7 +49,7 @@ class CEPOTrainer(GRPOTrainer):
                 "multi_objective_aggregation must be 'sum_then_normalize' for CEPOTrainer (the weighted reward sum "
                 "is normalised per group, Eq. 1)"
             )
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        tokenizer = tokenizer_of(self.processing_class)
         if self.cepo.method != "grpo" and getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(
                 f"method {self.cepo.method!r} re-applies the chat template for its teacher contexts, but the "

@@ -26,14 +26,16 @@ HAS_NEG_KEY = "cepo_has_negative"
 """(B,) bool: the row's group has a rejected rollout with an answer (else the RLSD fallback)."""
 
 
-def ground_truths_of(reward_model: Sequence[Any]) -> list[str]:
-    """``non_tensor_batch["reward_model"][i]["ground_truth"]`` as strings; a missing one raises with the row."""
+def ground_truths_of(reward_model: Sequence[Any], labels: Sequence[str] | None = None) -> list[str]:
+    """``non_tensor_batch["reward_model"][i]["ground_truth"]`` as strings; a missing one raises naming the row
+    (``labels[i]`` when given, e.g. the rollout's key, else ``row i``)."""
     out: list[str] = []
     for row, item in enumerate(reward_model):
         gt = item.get("ground_truth") if isinstance(item, dict) else None
         if gt is None or str(gt).strip() == "":
+            where = labels[row] if labels is not None else f"row {row}"
             raise ValueError(
-                f"row {row}: reward_model.ground_truth is missing or empty; r+ needs the answer "
+                f"{where}: reward_model.ground_truth is missing or empty; r+ needs the answer "
                 "(prepare the data with scripts/prepare_geo3k.py)"
             )
         out.append(str(gt))

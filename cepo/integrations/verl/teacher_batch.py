@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template, render_teacher_messages
+from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template, render_teacher_messages, tokenizer_of
 
 RopeIndexFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``get_rope_index(input_ids, mm_token_type_ids=..., image_grid_thw=..., attention_mask=...)`` ->
@@ -56,10 +56,6 @@ class TeacherRow:
     @property
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.prompt_ids, self.response_ids])
-
-
-def _tokenizer_of(processing_class: Any) -> Any:
-    return getattr(processing_class, "tokenizer", processing_class)
 
 
 def _expand_image_pads(text: str, processing_class: Any, image_grid_thw: torch.Tensor, row: int) -> str:
@@ -87,7 +83,7 @@ def _image_token_id(processing_class: Any) -> int | None:
     if token_id is not None:
         return int(token_id)
     token = getattr(processing_class, "image_token", None)
-    return None if token is None else int(_tokenizer_of(processing_class).convert_tokens_to_ids(token))
+    return None if token is None else int(tokenizer_of(processing_class).convert_tokens_to_ids(token))
 
 
 def build_teacher_row(
@@ -125,7 +121,7 @@ def build_teacher_row(
         mm = {k: v for k, v in multi_modal_inputs.items() if k in ("pixel_values", "image_grid_thw")}
         grid = torch.as_tensor(mm["image_grid_thw"])
         text = _expand_image_pads(text, processing_class, grid, row)
-    tokenizer = _tokenizer_of(processing_class)
+    tokenizer = tokenizer_of(processing_class)
     prompt_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if max_prompt_length is not None and prompt_ids.numel() > max_prompt_length:
         raise TeacherLengthError(

@@ -38,9 +38,16 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 import cepo.integrations.verl.estimators  # noqa: F401  (registers the cepo/rlsd estimators)
 from cepo.algorithms import TEACHER_PASSES, group_advantages
 from cepo.config import CEPOConfig
-from cepo.integrations.verl.credit import HAS_NEG_KEY, NEG_KEY, POS_KEY, apply_token_credit, choose_hints
+from cepo.integrations.verl.credit import (
+    HAS_NEG_KEY,
+    NEG_KEY,
+    POS_KEY,
+    apply_token_credit,
+    choose_hints,
+    ground_truths_of,
+)
 from cepo.integrations.verl.hydra_config import TRAINER_MODE, cepo_config_from
-from cepo.integrations.verl.teacher_batch import build_teacher_row, nested_row_fields
+from cepo.integrations.verl.teacher_batch import build_teacher_rows, nested_row_fields
 
 TEACHER_PARTITION = "cepo_teacher"
 
@@ -136,18 +143,13 @@ class CEPOTrainerSync(PPOTrainerSync):
         reward_model = list(data["reward_model"])
         mm_inputs = list(data["multi_modal_inputs"]) if "multi_modal_inputs" in data.keys() else [None] * n  # noqa: SIM118
         texts = self.tokenizer.batch_decode([responses[i].tolist() for i in real], skip_special_tokens=True)
-        gts = []
-        for i in real:
-            item = reward_model[i]
-            gt = item.get("ground_truth") if isinstance(item, dict) else None
-            if gt is None or str(gt).strip() == "":
-                raise ValueError(f"rollout {batch.keys[i]}: reward_model.ground_truth is missing; r+ needs the answer")
-            gts.append(str(gt))
-        pos, neg, has_neg = choose_hints(texts, [scores[i] for i in real], [uids[i] for i in real], gts, self.cepo)
+        gts = ground_truths_of([reward_model[i] for i in real], labels=[f"rollout {batch.keys[i]}" for i in real])
+        real_scores, real_uids = [scores[i] for i in real], [uids[i] for i in real]
+        pos, neg, has_neg = choose_hints(texts, real_scores, real_uids, gts, self.cepo)
 
         # rows with A = 0 (all rewards of the group equal) get A_t = 0 whatever the teacher says: skip them
         norm = bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True))
-        seq_adv = group_advantages(torch.tensor([scores[i] for i in real]), [uids[i] for i in real], norm_by_std=norm)
+        seq_adv = group_advantages(torch.tensor(real_scores), real_uids, norm_by_std=norm)
 
         # one teacher batch for r+ and r-: a single call to the actor workers
         jobs: list[tuple[int, str, str]] = []  # (student row, kind, hint)
@@ -186,12 +188,18 @@ class CEPOTrainerSync(PPOTrainerSync):
         """Score every (row, kind, hint) job on the actor workers in one ``compute_log_prob`` call."""
         rope = self._rope_index_fn()
         processing = self.processor if self.processor is not None else self.tokenizer
-        rows = [
-            nested_row_fields(build_teacher_row(
-                processing, raw_prompts[i], hint, responses[i], mm_inputs[i], self.cepo.teacher_template,
-                self.cepo.teacher_sees_image, rope, self.cepo.teacher_max_prompt_length, row=i))
-            for i, _, hint in jobs
-        ]
+        rows = [nested_row_fields(row) for row in build_teacher_rows(
+            processing,
+            [raw_prompts[i] for i, _, _ in jobs],
+            [hint for _, _, hint in jobs],
+            [responses[i] for i, _, _ in jobs],
+            [mm_inputs[i] for i, _, _ in jobs],
+            self.cepo.teacher_template,
+            self.cepo.teacher_sees_image,
+            rope,
+            self.cepo.teacher_max_prompt_length,
+            row_ids=[i for i, _, _ in jobs],
+        )]
         keys = [f"{batch.keys[i]}::{kind}" for i, kind, _ in jobs]
         multiple = self._teacher_batch_multiple()
         pad_token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
