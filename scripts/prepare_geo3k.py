@@ -30,7 +30,7 @@ from typing import Any
 
 import datasets
 
-from cepo.data import student_prompt
+from cepo.data import missing_answers, student_prompt
 
 DATA_SOURCE = "hiyouga/geometry3k"
 
@@ -58,17 +58,12 @@ def load_source(source: str, splits: list[str]) -> dict[str, datasets.Dataset]:
     return {s: datasets.load_dataset(source, split=s) for s in splits}
 
 
-def missing_answers(dataset: datasets.Dataset, answer_key: str = "answer") -> list[int]:
-    """Indices of rows whose answer is missing or blank."""
-    return [i for i, a in enumerate(dataset[answer_key]) if a is None or str(a).strip() == ""]
-
-
 def to_verl(dataset: datasets.Dataset, split: str, on_missing_answer: str = "skip") -> datasets.Dataset:
     """Convert one split; rows without an answer are reported (stderr) and skipped or raise."""
     for key in ("problem", "answer", "images"):
         if key not in dataset.column_names:
             raise ValueError(f"split {split!r} has no {key!r} column (columns: {dataset.column_names})")
-    bad = missing_answers(dataset)
+    bad = missing_answers(dataset["answer"])
     if bad:
         print(f"[prepare_geo3k] split {split!r}: rows without an answer: {bad}", file=sys.stderr)
         if on_missing_answer == "fail":

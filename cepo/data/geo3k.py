@@ -7,6 +7,7 @@ instruction; the image goes first in the user turn.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 STUDENT_PROMPT_SUFFIX = (
@@ -25,6 +26,11 @@ def student_prompt(problem: str) -> str:
     return problem.replace(IMAGE_PLACEHOLDER, "").strip() + STUDENT_PROMPT_SUFFIX
 
 
+def missing_answers(answers: Iterable[Any]) -> list[int]:
+    """Indices of the answers that are missing (``None``) or blank."""
+    return [i for i, a in enumerate(answers) if a is None or str(a).strip() == ""]
+
+
 def to_conversational(dataset: Any, problem_key: str = "problem", answer_key: str = "answer") -> Any:
     """Map a Geo3k-shaped ``datasets.Dataset`` to TRL's conversational layout.
 
@@ -39,7 +45,7 @@ def to_conversational(dataset: Any, problem_key: str = "problem", answer_key: st
                 f"dataset has no {key!r} column (columns: {sorted(columns)}); "
                 f"pass --{key.replace('_', '-')}-key or rename the column"
             )
-    missing = [i for i, a in enumerate(dataset[answer_key]) if a is None or str(a).strip() == ""]
+    missing = missing_answers(dataset[answer_key])
     if missing:
         raise ValueError(
             f"dataset rows {missing[:10]}{'...' if len(missing) > 10 else ''} have no {answer_key!r}; "

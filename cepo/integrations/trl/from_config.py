@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cepo.config import CEPOConfig
-from cepo.data.geo3k import IMAGE_PLACEHOLDER, student_prompt
+from cepo.data.geo3k import IMAGE_PLACEHOLDER, missing_answers, student_prompt
 from cepo.integrations.trl.config import CEPOGRPOConfig
 
 
@@ -129,7 +129,7 @@ def load_train_dataset(cfg: DictConfig) -> Any:
         prompt_key = "problem"
     if prompt_key not in dataset.column_names:
         raise ValueError(f"data.prompt_key={prompt_key!r} is not a column of {files} ({dataset.column_names})")
-    missing = [i for i, row in enumerate(dataset) if _answer(row) in (None, "")]
+    missing = missing_answers(_answer(row) for row in dataset)
     if missing:
         raise ValueError(f"rows {missing[:10]} of {files} have no answer (answer or reward_model.ground_truth)")
 
