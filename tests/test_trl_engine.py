@@ -220,10 +220,8 @@ def test_trl_loader_reads_prepared_verl_parquet(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from omegaconf import OmegaConf
-
     from cepo.data import student_prompt
-    from cepo.integrations.trl.from_config import load_train_dataset
+    from cepo.integrations.trl.data import load_train_dataset
     from cepo.testing import write_geo3k_parquet
 
     src = write_geo3k_parquet(tmp_path / "src", n_train=4, n_test=2)
@@ -233,8 +231,7 @@ def test_trl_loader_reads_prepared_verl_parquet(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     raw = make_geo3k_like(4)
     for files in (tmp_path / "out" / "train.parquet", src / "train.parquet"):
-        cfg = OmegaConf.create({"data": {"train_files": str(files), "prompt_key": "prompt", "image_key": "images"}})
-        loaded = load_train_dataset(cfg)
+        loaded = load_train_dataset(str(files), prompt_key="prompt", image_key="images")
         assert set(loaded.column_names) == {"images", "prompt", "answer"}
         for i in range(4):
             assert loaded[i]["prompt"] == [{"role": "user", "content": student_prompt(raw[i]["problem"])}]
