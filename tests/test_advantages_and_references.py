@@ -126,3 +126,45 @@ def test_linear_lambda_matches_paper_schedule() -> None:
 def test_lambda_schedule_rejects_bad_config(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs)).replace("kind", "schedule")):
         LambdaSchedule(**kwargs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n_groups=st.integers(1, 4),
+    group_size=st.integers(2, 8),
+    seed=st.integers(0, 2**31 - 1),
+    nan_frac=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+    norm_by_std=st.booleans(),
+)
+def test_unscorable_rows_match_trl_nan_aware_statistics(
+    n_groups: int, group_size: int, seed: int, nan_frac: float, norm_by_std: bool
+) -> None:
+    """Rows whose every reward function returned None (NaN) are left out of the group statistics and get
+    advantage 0, exactly as TRL's GRPOTrainer does with its own ``nanstd`` (recomputed here with TRL's
+    function and TRL's formula, at our eps)."""
+    from trl.trainer.utils import nanstd
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (n_groups * group_size,), generator=gen).double() / 2
+    scores[torch.rand(scores.shape, generator=gen) < nan_frac] = float("nan")
+    ids = [i // group_size for i in range(scores.numel())]
+    ours = group_advantages(scores, ids, norm_by_std=norm_by_std, skip_nan=True)
+
+    grouped = scores.view(n_groups, group_size)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    std = nanstd(grouped, dim=1, keepdim=True)
+    # TRL's scale_rewards="none" has no contrast for a single scored row either: nanstd is NaN there
+    nan_where_no_std = torch.where(torch.isnan(std), torch.full_like(std, float("nan")), torch.zeros_like(std))
+    trl = (grouped - mean) / (std + 1e-6) if norm_by_std else grouped - mean + nan_where_no_std
+    expected = torch.nan_to_num(trl, nan=0.0).flatten()
+    # TRL's nanstd computes its Bessel factor count / (count - 1) in float32: agreement to ~1e-8, not 1e-15
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-9)
+    assert torch.all(ours[torch.isnan(scores)] == 0)
+
+
+def test_unscorable_rows_are_never_the_negative_reference() -> None:
+    nan = float("nan")
+    assert select_negative_reference([nan, 0.1, 1.0, nan], [0, 0, 0, 0]) == [1, 1, 1, 1]
+    assert select_negative_reference([nan, 1.0], [0, 0]) == [None, None]
+    with pytest.raises(ValueError, match="NaN"):  # without skip_nan a NaN reward is still a reward-function bug
+        group_advantages([1.0, nan], [0, 0])

@@ -12,6 +12,7 @@ from cepo.algorithms import (
     contrastive_delta,
     modulate_advantages,
     rlsd_delta,
+    teacher_passes,
 )
 
 
@@ -100,3 +101,26 @@ def test_registry_dispatch_and_metrics() -> None:
         compute_token_advantages("ppo", inputs)
     with pytest.raises(ValueError, match="needs logp_pos"):
         compute_token_advantages("rlsd", CreditInputs(**common, logp_student=x["student"]))
+
+
+@pytest.mark.parametrize("method", ["grpo", "rlsd", "cepo"])
+def test_lambda_zero_needs_no_teacher_and_is_grpo(method: str) -> None:
+    """Once the linear schedule reaches lam = 0 the engines skip the teacher passes; the credit must then be
+    GRPO (Eq. 7 with lam = 0), not an error (a paper-length run used to die at step warmup_steps + 1)."""
+    x = _batch()
+    assert teacher_passes(method, 0.0) == ()
+    assert teacher_passes(method, 0.02) == TEACHER_PASSES[method]
+    token_adv, metrics = compute_token_advantages(
+        method, CreditInputs(advantages=x["adv"], response_mask=x["mask"], lam=0.0, eps_w=0.5)
+    )
+    assert torch.equal(token_adv, x["adv"].unsqueeze(-1).expand(3, 4) * x["mask"])
+    assert metrics == {"lambda": 0.0}
+
+
+@pytest.mark.parametrize("method", ["rlsd", "cepo"])
+def test_negative_lambda_is_still_an_error(method: str) -> None:
+    x = _batch()
+    inputs = CreditInputs(advantages=x["adv"], response_mask=x["mask"], lam=-0.1, eps_w=0.5, logp_student=x["student"],
+                          logp_pos=x["pos"], logp_neg=x["neg"], has_negative=x["has_neg"])
+    with pytest.raises(ValueError, match=r"^lam must be in"):
+        compute_token_advantages(method, inputs)

@@ -11,6 +11,7 @@ from cepo.algorithms.credit import (
     compute_token_advantages,
     get_credit_fn,
     register_credit,
+    teacher_passes,
 )
 from cepo.algorithms.evidence import contrastive_delta, evidence_weights, modulate_advantages, rlsd_delta
 from cepo.algorithms.metrics import credit_metrics
@@ -37,4 +38,5 @@ __all__ = [
     "register_credit",
     "rlsd_delta",
     "select_negative_reference",
+    "teacher_passes",
 ]

@@ -58,6 +58,16 @@ def get_credit_fn(name: str) -> CreditFn:
     return CREDIT_REGISTRY[name]
 
 
+def teacher_passes(method: str, lam: float) -> tuple[str, ...]:
+    """The teacher passes an engine must run for ``method`` at modulation strength ``lam``.
+
+    With ``lam = 0`` Eq. 7 gives ``A_t = A`` (GRPO) whatever the teacher says, so no pass is needed and
+    :func:`compute_token_advantages` returns the GRPO advantage without reading any log-prob.
+    """
+    get_credit_fn(method)
+    return TEACHER_PASSES[method] if float(lam) != 0.0 else ()
+
+
 def _require(inputs: CreditInputs, method: str, *names: str) -> None:
     for name in names:
         if getattr(inputs, name) is None:
@@ -94,9 +104,12 @@ def compute_token_advantages(method: str, inputs: CreditInputs) -> tuple[torch.T
     """Token advantages and credit metrics for ``method`` (``grpo``, ``rlsd`` or ``cepo``).
 
     Returns ``(token_advantages (B, T), metrics)``; metrics carry ``lambda`` and, for the
-    teacher-based methods, :func:`cepo.algorithms.credit_metrics`.
+    teacher-based methods while ``lam > 0``, :func:`cepo.algorithms.credit_metrics`. With ``lam = 0``
+    every method is GRPO (Eq. 7) and needs no teacher log-probs (see :func:`teacher_passes`).
     """
     fn = get_credit_fn(method)
+    if TEACHER_PASSES[method] and not teacher_passes(method, inputs.lam):
+        fn = grpo_credit
     check_2d("response_mask", inputs.response_mask)
     if inputs.advantages.dim() != 1 or inputs.advantages.shape[0] != inputs.response_mask.shape[0]:
         raise ValueError(

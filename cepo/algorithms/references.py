@@ -16,7 +16,8 @@ def select_negative_reference(
     """For every rollout, the row index of its group's lowest-score rejected rollout.
 
     Algorithm 1, line 5: ``r- = answer(argmin_{j in G-} R(y_j))`` with
-    ``G- = {j : R(y_j) < threshold}``. Ties go to the lowest row index. A row whose group has
+    ``G- = {j : R(y_j) < threshold}``. Ties go to the lowest row index. A NaN score marks an
+    unscorable rollout (every reward function returned ``None``): it is never chosen. A row whose group has
     no rejected rollout gets ``None`` (G- is empty: the caller falls back to P_T- := P_S,
     which is RLSD, Eq. 4).
 
@@ -33,13 +34,9 @@ def select_negative_reference(
         raise ValueError(f"group_ids has {len(group_ids)} entries but scores has {len(values)}")
     if eligible is not None and len(eligible) != len(values):
         raise ValueError(f"eligible has {len(eligible)} entries but scores has {len(values)}")
-    for row, value in enumerate(values):
-        if value != value:  # NaN
-            raise ValueError(f"scores[{row}] is NaN; fix the reward function")
-
     best: dict[Hashable, int] = {}
     for row, (gid, value) in enumerate(zip(group_ids, values, strict=True)):
-        if value >= threshold or (eligible is not None and not eligible[row]):
+        if value != value or value >= threshold or (eligible is not None and not eligible[row]):  # NaN: unscorable
             continue
         current = best.get(gid)
         if current is None or value < values[current]:
