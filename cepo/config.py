@@ -9,6 +9,7 @@ r+ = ground-truth answer, r- = answer of the lowest-reward rejected rollout (sco
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,24 @@ from typing import Any
 from cepo.algorithms import CREDIT_REGISTRY, LambdaSchedule
 from cepo.algorithms.schedules import SCHEDULES
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "float": (int, float),
+    "int": (int,),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+}
+"""Accepted Python types per annotation of a ``CEPOConfig`` field (``from __future__ import annotations``
+makes ``Field.type`` the annotation string)."""
+
+_TYPE_WORDS: dict[tuple[type, ...], str] = {
+    (str,): "a string",
+    (int, float): "a number",
+    (int,): "an integer",
+    (bool,): "true or false",
+    (int, type(None)): "an integer or null",
+}
 
 
 @dataclass
@@ -57,8 +76,24 @@ class CEPOConfig:
             self.reward = RewardConfig(**self.reward)
         self.validate()
 
+    def _check_types(self) -> None:
+        """Raise ``ValueError`` naming the ``cepo.<key>`` whose value has the wrong type (e.g. ``cepo.lam0=``
+        gives the empty string, which would otherwise fail later with a bare ``TypeError``)."""
+        expected: dict[str, tuple[type, ...]] = {f.name: _FIELD_TYPES[f.type] for f in dataclasses.fields(self)
+                                                 if f.type in _FIELD_TYPES}
+        values = {name: getattr(self, name) for name in expected}
+        values.update({f"reward.{name}": getattr(self.reward, name) for name in ("accuracy_weight", "format_weight")})
+        expected.update({"reward.accuracy_weight": (int, float), "reward.format_weight": (int, float)})
+        for name, value in values.items():
+            kinds = expected[name]
+            if value is None and type(None) in kinds:
+                continue
+            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+                raise ValueError(f"cepo.{name} must be {_TYPE_WORDS[kinds]}, got {value!r}")
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the ``cepo.<key>`` that is out of range."""
+        """Raise ``ValueError`` naming the ``cepo.<key>`` that has the wrong type or is out of range."""
+        self._check_types()
         if self.method not in CREDIT_REGISTRY:
             raise ValueError(f"cepo.method must be one of {sorted(CREDIT_REGISTRY)}, got {self.method!r}")
         if not 0.0 <= self.lam0 <= 1.0:
@@ -94,9 +129,13 @@ class CEPOConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown key(s) cepo.{', cepo.'.join(unknown)}; known keys: {sorted(known)}")
+            close = [m for key in unknown for m in difflib.get_close_matches(key, sorted(known), n=1)]
+            hint = f"did you mean cepo.{', cepo.'.join(close)}? " if close else ""
+            raise ValueError(f"unknown key(s) cepo.{', cepo.'.join(unknown)}; {hint}known keys: {sorted(known)}")
         reward = values.pop("reward", None) or {}
         reward_known = {f.name for f in dataclasses.fields(RewardConfig)}
+        if not isinstance(reward, Mapping):
+            raise ValueError(f"cepo.reward must be a mapping with keys {sorted(reward_known)}, got {reward!r}")
         bad = sorted(set(reward) - reward_known)
         if bad:
             raise ValueError(f"unknown key(s) cepo.reward.{', cepo.reward.'.join(bad)}; known: {sorted(reward_known)}")

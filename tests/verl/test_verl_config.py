@@ -14,6 +14,7 @@ from cepo.config import CEPOConfig
 from cepo.integrations.verl.hydra_config import (
     CONFIGS_DIR,
     TRAINER_MODE,
+    ConfigError,
     compose_method_config,
     configs_dir,
     reward_function_path,
@@ -40,6 +41,18 @@ def test_configs_dir_env_override(tmp_path, monkeypatch):
     (tmp_path / "cepo.yaml").write_text("cepo: {}\n")
     monkeypatch.setenv("CEPO_CONFIGS_DIR", str(tmp_path))
     assert configs_dir() == tmp_path.resolve()
+
+
+def test_configs_dir_env_is_used_or_fails(tmp_path, monkeypatch):
+    """A set $CEPO_CONFIGS_DIR is never silently replaced by the package configs."""
+    (tmp_path / "mine.yaml").write_text("cepo: {}\n")  # no cepo.yaml: still the folder used
+    monkeypatch.setenv("CEPO_CONFIGS_DIR", str(tmp_path))
+    assert configs_dir() == tmp_path.resolve()
+    with pytest.raises(ConfigError, match=r"no cepo\.yaml in .*CEPO_CONFIGS_DIR.*the YAMLs there: mine"):
+        compose_method_config("cepo", [])
+    monkeypatch.setenv("CEPO_CONFIGS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing is not a folder"):
+        configs_dir()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -90,18 +103,47 @@ def test_overrides_apply():
         ("cepo.teacher_max_prompt_length=100", "cepo.teacher_max_prompt_length"),
         ("actor_rollout_ref.actor.optim.lr=0", "actor_rollout_ref.actor.optim.lr"),
         ("+cepo.reward.acc_weight=1", "cepo.reward.acc_weight"),
+        ("cepo.lam0=", "cepo.lam0"),
+        ("cepo.warmup_steps=2.5", "cepo.warmup_steps"),
+        ("cepo.lam0=${nowhere}", "cepo.lam0"),
+        ("algorithm.use_kl_in_reward=true", "algorithm.use_kl_in_reward"),
+        ("actor_rollout_ref.rollout.multi_turn.enable=true", "actor_rollout_ref.rollout.multi_turn.enable"),
+        ("actor_rollout_ref.rollout.agent.default_agent_loop=tool_agent",
+         "actor_rollout_ref.rollout.agent.default_agent_loop"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("$", r"\$")) as info:
         compose_method_config("cepo", [override])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["rlsd", "cepo"])
+def test_teacher_pass_methods_refuse_kl_in_reward_and_multi_turn(method):
+    with pytest.raises(ConfigError, match=r"use_kl_in_reward.*actor_rollout_ref\.actor\.use_kl_loss=true"):
+        compose_method_config(method, ["algorithm.use_kl_in_reward=true"])
+    with pytest.raises(ConfigError, match=r"multi_turn\.enable.*final output only for grpo"):
+        compose_method_config(method, ["actor_rollout_ref.rollout.multi_turn.enable=true"])
+
+
+def test_grpo_keeps_kl_in_reward_and_multi_turn():
+    cfg = compose_method_config("grpo", ["algorithm.use_kl_in_reward=true",
+                                         "actor_rollout_ref.rollout.multi_turn.enable=true"])
+    assert cfg.algorithm.use_kl_in_reward is True
 
 
 def test_misspelt_verl_key_fails():
-    from hydra.errors import ConfigCompositionException
-
-    with pytest.raises(ConfigCompositionException, match="rolout"):
+    with pytest.raises(ConfigError, match=r"unknown key actor_rollout_ref\.rolout .*did you mean "
+                                          r"actor_rollout_ref\.rollout\?.*\+actor_rollout_ref\.rolout\.n=8"):
         compose_method_config("cepo", ["actor_rollout_ref.rolout.n=8"])
+
+
+def test_hydra_run_dir_is_inside_the_run_directory():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(configs_dir()), version_base=None):
+        cfg = compose("cepo", overrides=["trainer.default_local_dir=/runs/x"], return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith("/runs/x/hydra/") and cfg.hydra.sweep.dir.startswith("/runs/x/hydra/")
 
 
 def test_legacy_trainer_and_plain_sync_rejected():
@@ -125,20 +167,23 @@ def test_verl_dataclasses_accept_the_config(tiny_vl_dir):
     assert model.processor is not None
 
 
-def test_entry_point_hydra_cfg_job():
+def test_entry_point_hydra_cfg_job(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "cepo.integrations.verl.main", "--config-name", "rlsd", "--cfg", "job",
          "cepo.lam0=0.25"],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True, text=True, timeout=120, check=True, cwd=tmp_path,
     )
+    assert list(tmp_path.iterdir()) == []
     cfg = OmegaConf.create(out.stdout)
     assert cfg.algorithm.adv_estimator == "rlsd" and cfg.cepo.lam0 == 0.25
     assert "ppo_mini_batch_size" in out.stdout
 
 
-def test_entry_point_rejects_bad_value_at_startup():
+def test_entry_point_rejects_bad_value_at_startup(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "cepo.integrations.verl.main", "--config-name", "cepo", "cepo.eps_w=2"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
-    assert out.returncode != 0 and "cepo.eps_w" in out.stderr
+    assert out.returncode == 2 and "cepo.eps_w" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0  # one line
+    assert list(tmp_path.iterdir()) == []  # Hydra left no outputs/<date>/ in the working directory

@@ -11,7 +11,9 @@ This module imports only hydra/omegaconf and ``cepo.config``: no ray, no GPU.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +32,43 @@ TRAINER_MODE = "cepo_sync"
 
 _CONFIGS_ENV = "CEPO_CONFIGS_DIR"
 
+PACKAGE_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+"""The method YAMLs shipped inside the package (``cepo/configs``)."""
+
+
+class ConfigError(ValueError):
+    """A method config that cannot be composed or fails validation.
+
+    ``str(err)`` is one line that names the key (or the file and line) and the fix; the CLIs print it
+    and exit with status 2. A ``ValueError``, so callers catching ``ValueError`` keep working.
+    """
+
 
 def configs_dir() -> Path:
-    """Absolute path of the repository's ``configs/`` directory.
+    """Absolute path of the ``configs/`` directory that holds the method YAMLs.
 
-    Looked up (1) in ``$CEPO_CONFIGS_DIR`` if set, else (2) in the package, ``cepo/configs`` (shipped
-    as package data, so a wheel install has it too; the repository's top-level ``configs`` is a
-    symlink to it).
+    ``$CEPO_CONFIGS_DIR`` if set (it is then always used: a folder that lacks a YAML fails at composition,
+    naming the folder and the file), else the package's ``cepo/configs`` (shipped as package data, so a
+    wheel install has it too; the repository's top-level ``configs`` is a symlink to it).
 
     Raises:
-        FileNotFoundError: naming both places looked at, when neither holds ``cepo.yaml``.
+        FileNotFoundError: ``$CEPO_CONFIGS_DIR`` is set but is not a folder, or the package's YAMLs are missing.
     """
-    candidates: list[Path] = []
     env = os.environ.get(_CONFIGS_ENV)
     if env:
-        candidates.append(Path(env).expanduser().resolve())
-    candidates.append(Path(__file__).resolve().parents[2] / "configs")
-    for path in candidates:
-        if (path / "cepo.yaml").is_file():
-            return path
-    raise FileNotFoundError(
-        f"cannot find the cepo configs/ directory (looked in {[str(p) for p in candidates]}). "
-        f"Reinstall cepo (the YAMLs ship as package data in cepo/configs), or set ${_CONFIGS_ENV} to a configs/ path."
-    )
+        path = Path(env).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"${_CONFIGS_ENV}={env} is not a folder; point it at a folder holding your method YAMLs "
+                f"(copy them from {PACKAGE_CONFIGS_DIR}) or unset it to use those"
+            )
+        return path
+    if not (PACKAGE_CONFIGS_DIR / "cepo.yaml").is_file():
+        raise FileNotFoundError(
+            f"the cepo method YAMLs are missing from {PACKAGE_CONFIGS_DIR}; reinstall cepo (they ship as package "
+            f"data in cepo/configs) or set ${_CONFIGS_ENV} to a folder that holds them"
+        )
+    return PACKAGE_CONFIGS_DIR
 
 
 CONFIGS_DIR: Path | None
@@ -69,32 +85,154 @@ def reward_function_path() -> str:
     return str(Path(__file__).resolve().with_name("reward.py"))
 
 
-def compose_method_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+def compose_method_config(
+    config_name: str, overrides: list[str] | None = None, config_dir: str | Path | None = None
+) -> DictConfig:
     """Compose ``configs/<config_name>.yaml`` (with verl's base config) exactly as the entry point does.
 
     Args:
         config_name: a method YAML in ``configs/`` (``grpo``, ``rlsd``, ``cepo``, or your own).
         overrides: Hydra command-line style overrides, e.g. ``["cepo.lam0=0.3", "data.train_batch_size=8"]``.
+        config_dir: the primary config folder; default :func:`configs_dir`.
 
     Returns:
         The composed config, with :func:`finalize_config` applied (reward path filled in) and
         validated by :func:`validate_method_config`; ``cepo`` keys are checked by
         ``CEPOConfig.from_mapping``, so a misspelt or out-of-range key raises here.
+
+    Raises:
+        ConfigError: one line naming the key (a misspelt key, a bad override, a value out of range) or the
+            file and line (a YAML syntax error, a missing YAML), and the fix.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    directory = configs_dir()
+    directory = Path(config_dir) if config_dir is not None else configs_dir()
     overrides = list(overrides or [])
-    was_initialized = GlobalHydra.instance().is_initialized()
-    if was_initialized:
+    if GlobalHydra.instance().is_initialized():
         # compose inside an already-running Hydra app (e.g. a notebook): use a fresh context
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(directory), version_base=None, job_name="cepo"):
-        cfg = compose(config_name=config_name, overrides=overrides)
-    finalize_config(cfg)
-    validate_method_config(cfg)
+    try:
+        with initialize_config_dir(config_dir=str(directory), version_base=None, job_name="cepo"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        finalize_config(cfg)
+        validate_method_config(cfg)
+    except ConfigError:
+        raise
+    except Exception as err:
+        message = config_error_message(err, directory)
+        if message is None:
+            raise
+        raise ConfigError(message) from err
     return cfg
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _folder_words(directory: Path) -> str:
+    """``/x`` plus where it came from, for messages."""
+    from_env = os.environ.get(_CONFIGS_ENV) and directory == configs_dir()
+    return f"{directory} (${_CONFIGS_ENV})" if from_env else str(directory)
+
+
+def _yaml_names(directory: Path) -> str:
+    names = sorted(p.stem for p in directory.glob("*.yaml"))
+    return ", ".join(names) if names else "none"
+
+
+def _key_list(keys: list[str], limit: int = 30) -> str:
+    keys = sorted(keys)
+    more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _unknown_key_message(cause: Any, override: str | None) -> str:
+    """``cepo.eps=0.3`` → the unknown key, the closest known one, the known keys of its block, ``+key=value``."""
+    full_key = str(cause.full_key)
+    parent = full_key.rpartition(".")[0]
+    known = [str(k) for k in cause.parent_node] if isinstance(cause.parent_node, DictConfig) else []
+    if not parent:
+        known = [k for k in known if k != "hydra"]
+    close = difflib.get_close_matches(str(cause.key), known, n=1)
+    head = f"unknown key {full_key}" + (f" in the override {override}" if override else "")
+    if close:
+        head += f" (did you mean {parent + '.' if parent else ''}{close[0]}?)"
+    parts = [head]
+    if known:
+        parts.append(f"known keys of {parent or 'the top level'}: {_key_list(known)}")
+    if override:
+        parts.append(f"to add a new key write +{override}")
+    return "; ".join(parts)
+
+
+def config_error_message(err: BaseException, config_dir: str | Path | None = None) -> str | None:
+    """One line for an error raised while composing or validating a method config, or ``None`` if ``err`` is
+    not a config error (then the caller re-raises it).
+
+    Handles Hydra's composition errors (an override of a key that does not exist, a bad override, a missing
+    YAML), YAML syntax errors (file:line), OmegaConf errors (naming the key) and the validation errors
+    (``ValueError``/``TypeError`` raised by :func:`validate_method_config`).
+    """
+    import yaml
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    directory = Path(config_dir) if config_dir is not None else None
+    if isinstance(err, ConfigError):
+        return str(err)
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else "a config file"
+        what = err.problem or err.context or "invalid YAML"
+        start = err.context_mark
+        if err.context and err.problem and start is not None and mark is not None and start.line != mark.line:
+            what += f" ({err.context} that starts at line {start.line + 1})"
+        return f"YAML syntax error in {where}: {what}; fix the file there"
+    if isinstance(err, yaml.YAMLError):
+        return f"YAML error: {_first_line(str(err))}"
+    if isinstance(err, OverrideParseException):
+        detail = [line for line in str(err).splitlines()
+                  if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
+        return (f"cannot parse the override {err.override!r}: {'; '.join(detail) or 'syntax error'}; overrides are "
+                "key=value (+key=value adds a key, ~key deletes one; quote values with spaces or special characters)")
+    if isinstance(err, MissingConfigException):
+        return _missing_config_message(err, directory)
+    if isinstance(err, ConfigCompositionException):
+        cause = err.__cause__
+        if (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None)
+                and cause.parent_node is not None):
+            match = re.search(r"use \+(\S+)", str(err))
+            return _unknown_key_message(cause, match.group(1) if match else None)
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if cause is not None and not isinstance(cause, HydraException):
+            text += f" ({_first_line(str(cause))})"
+        return text
+    if isinstance(err, HydraException):
+        return _first_line(str(err))
+    if isinstance(err, OmegaConfBaseException):
+        key = getattr(err, "full_key", None)
+        return f"{key}: {_first_line(str(err))}" if key else _first_line(str(err))
+    if isinstance(err, (ValueError, TypeError, FileNotFoundError)) and _first_line(str(err)):
+        return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return None
+
+
+def _missing_config_message(err: Any, directory: Path | None) -> str:
+    """A YAML Hydra could not find: the primary config (``--config-name``) or one in a defaults list."""
+    missing = err.missing_cfg_file
+    where = _folder_words(directory) if directory is not None else "the config folder"
+    names = _yaml_names(directory) if directory is not None else "?"
+    package = "" if directory == PACKAGE_CONFIGS_DIR else f" (copy it from {PACKAGE_CONFIGS_DIR})"
+    including = re.match(r"In '([^']+)'", str(err))
+    if including:
+        return (f"{including.group(1)}.yaml lists {missing} in its defaults, but there is no {missing}.yaml in "
+                f"{where}{package}; the YAMLs there: {names}")
+    if str(err).startswith("Cannot find primary config"):
+        return f"no {missing}.yaml in {where}{package}; the YAMLs there: {names}"
+    return _first_line(str(err))
 
 
 def finalize_config(cfg: DictConfig) -> DictConfig:
@@ -114,24 +252,32 @@ def cepo_config_from(cfg: DictConfig) -> CEPOConfig:
     """The validated :class:`CEPOConfig` of a composed config (its top-level ``cepo:`` block)."""
     block = cfg.get("cepo")
     if block is None:
-        raise ValueError("the config has no top-level `cepo:` block; start from configs/cepo.yaml")
+        raise ConfigError("the config has no top-level `cepo:` block; start from configs/cepo.yaml")
+    if not isinstance(block, DictConfig):
+        raise ConfigError(f"cepo must be a mapping (the cepo: block of keys), got {block!r}")
     values: Any = OmegaConf.to_container(block, resolve=True)
     return CEPOConfig.from_mapping(values)
 
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"{key}: {message}")
+        raise ConfigError(f"{key}: {message}")
 
 
 def validate_method_config(cfg: DictConfig) -> CEPOConfig:
     """Start-up checks; every error names the offending key.
 
     Checks the ``cepo:`` block (``CEPOConfig.from_mapping``: unknown keys and out-of-range values),
-    that ``algorithm.adv_estimator`` names the same method as ``cepo.method``, and the verl keys the
-    paper setup depends on (group size, batch sizes, lengths, LoRA, learning rate, temperature).
+    that ``algorithm.adv_estimator`` names the same method as ``cepo.method``, the verl keys the
+    paper setup depends on (group size, batch sizes, lengths, LoRA, learning rate, temperature), and
+    the verl features the teacher-pass methods cannot honour (KL in the reward, multi-turn rollouts).
     """
-    cepo = cepo_config_from(cfg)
+    try:
+        cepo = cepo_config_from(cfg)
+    except ConfigError:
+        raise
+    except ValueError as err:  # CEPOConfig's own checks, an interpolation that does not resolve
+        raise ConfigError(config_error_message(err) or str(err)) from err
     estimator = str(OmegaConf.select(cfg, "algorithm.adv_estimator"))
     _require(estimator in METHODS, "algorithm.adv_estimator", f"must be one of {list(METHODS)}, got {estimator!r}")
     _require(
@@ -162,9 +308,39 @@ def validate_method_config(cfg: DictConfig) -> CEPOConfig:
     total = OmegaConf.select(cfg, "trainer.total_training_steps")
     _require(isinstance(warmup, int) and warmup < total, "actor_rollout_ref.actor.optim.lr_warmup_steps",
              f"must be an int below trainer.total_training_steps={total}, got {warmup!r}")
+    if estimator != "grpo":
+        _check_teacher_pass_features(cfg, estimator)
     if cepo.teacher_max_prompt_length is not None:
         max_prompt = OmegaConf.select(cfg, "data.max_prompt_length")
         _require(cepo.teacher_max_prompt_length >= max_prompt, "cepo.teacher_max_prompt_length",
                  f"must be >= data.max_prompt_length={max_prompt} (the teacher prompt is the student prompt plus "
                  f"the hint), got {cepo.teacher_max_prompt_length}")
     return cepo
+
+
+def _check_teacher_pass_features(cfg: DictConfig, estimator: str) -> None:
+    """verl features that break the teacher passes of ``rlsd``/``cepo`` (issue 7, item 6)."""
+    _require(
+        not OmegaConf.select(cfg, "algorithm.use_kl_in_reward", default=False),
+        "algorithm.use_kl_in_reward",
+        f"must be false with algorithm.adv_estimator={estimator}: the KL penalty in the reward gives groups whose "
+        "verifier scores are all equal a non-zero advantage, but the teacher passes skip those rows (they are chosen "
+        "from the verifier scores), so their token credit would be wrong; use actor_rollout_ref.actor.use_kl_loss=true "
+        "(KL as a loss term, weight actor_rollout_ref.actor.kl_loss_coef) instead",
+    )
+    _require(
+        not OmegaConf.select(cfg, "actor_rollout_ref.rollout.multi_turn.enable", default=False),
+        "actor_rollout_ref.rollout.multi_turn.enable",
+        f"must be false with algorithm.adv_estimator={estimator}: verl 0.9 computes the group advantage of a "
+        "multi-turn session from its final output only for grpo (compute_advantage_for_multi_trajectories); for "
+        "other estimators every output of a session would count as a group member, and the teacher contexts are "
+        "single-turn; use single-turn rollouts, or algorithm.adv_estimator=grpo for multi-turn training",
+    )
+    loop = OmegaConf.select(cfg, "actor_rollout_ref.rollout.agent.default_agent_loop", default="single_turn_agent")
+    _require(
+        loop in (None, "single_turn_agent"),
+        "actor_rollout_ref.rollout.agent.default_agent_loop",
+        f"must be single_turn_agent with algorithm.adv_estimator={estimator}, got {loop!r}: an agent loop can return "
+        "several outputs per session, which only grpo groups by the session's final output; use "
+        "algorithm.adv_estimator=grpo for agent loops",
+    )

@@ -2,32 +2,68 @@
 
 Hydra composes ``configs/<name>.yaml`` with verl's own ``ppo_trainer`` config on the search path (the
 same composition as :func:`cepo.integrations.verl.hydra_config.compose_method_config`), so every verl
-override and Hydra flag works (``--cfg job``, ``--config-name grpo|rlsd|cepo``, ``cepo.lam0=0.3``).
-The config is validated at start-up (every error names its key), then verl's own ``run_ppo`` starts
-Ray and a task runner that uses our ``cepo_sync`` v1 trainer.
+override and Hydra flag works (``--cfg job``, ``--config-name grpo|rlsd|cepo``, ``cepo.lam0=0.3``, ``--help``).
+The config is validated at start-up, then verl's own ``run_ppo`` starts Ray and a task runner that uses our
+``cepo_sync`` v1 trainer.
+
+A bad config (a misspelt key, a bad override, a YAML syntax error, a missing YAML, a value out of range)
+prints one line naming the key (or file:line) and the fix, and exits with status 2, before Hydra prints a
+config (``--cfg``) or creates its run folder. Hydra's run folder (composed config, overrides, log) goes to
+``${trainer.default_local_dir}/hydra/<time>`` (``hydra.run.dir`` in ``paper_base.yaml``), not ``./outputs``.
+Set ``HYDRA_FULL_ERROR=1`` for full tracebacks instead of the one-line messages.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from cepo.integrations.verl.hydra_config import TRAINER_MODE, configs_dir, finalize_config, validate_method_config
+from cepo.integrations.verl.hydra_config import (
+    TRAINER_MODE,
+    ConfigError,
+    compose_method_config,
+    config_error_message,
+    configs_dir,
+    finalize_config,
+    validate_method_config,
+)
+
+PROG = "cepo (verl)"
+"""Prefix of the one-line error messages."""
+
+DEFAULT_CONFIG_NAME = "cepo"
+"""The method YAML composed when ``--config-name`` is not given."""
+
+EXIT_BAD_CONFIG = 2
+"""Exit status for a config that cannot be composed or fails validation."""
+
+_FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+_state: dict[str, bool] = {"training": False}
+"""Set once :func:`run` hands over to verl: later errors are failures (traceback, exit 1), not bad configs."""
 
 
 def check_engine_config(cfg: DictConfig) -> None:
-    """Engine checks beyond :func:`validate_method_config`: the trainer this package supports."""
+    """Engine checks beyond :func:`validate_method_config`: the trainer this package supports.
+
+    Raises:
+        ConfigError: naming ``trainer.use_v1`` or ``trainer.v1.trainer_mode``.
+    """
     if not cfg.trainer.get("use_v1", True):
-        raise ValueError(
+        raise ConfigError(
             "trainer.use_v1=False selects verl's deprecated legacy RayPPOTrainer, which cepo does not support; "
             "use trainer.use_v1=True (verl's default)"
         )
     mode = cfg.trainer.v1.trainer_mode
     method = cfg.algorithm.adv_estimator
     if method != "grpo" and mode != TRAINER_MODE:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.v1.trainer_mode={mode!r} has no teacher passes; algorithm.adv_estimator={method!r} needs "
             f"trainer.v1.trainer_mode={TRAINER_MODE}"
         )
@@ -47,9 +83,12 @@ def _task_runner() -> Any:
     return ray.remote(CEPOTaskRunner)
 
 
-def run(cfg: DictConfig) -> None:
-    """Validate ``cfg`` and start verl training (needs GPUs and vLLM/SGLang)."""
-    from verl.trainer.main_ppo import run_ppo
+def prepare(cfg: DictConfig) -> None:
+    """Everything :func:`run` does before training: fill in ``cfg`` and validate it (ours and verl's checks).
+
+    Raises:
+        ConfigError: one line naming the key; verl's own ``validate_config`` errors are wrapped too.
+    """
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
@@ -57,19 +96,110 @@ def run(cfg: DictConfig) -> None:
     finalize_config(cfg)
     validate_method_config(cfg)
     check_engine_config(cfg)
+    auto_set_device(cfg)
+    try:
+        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    except (ValueError, TypeError, AssertionError) as err:
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if not text:
+            raise
+        raise ConfigError(f"verl's config check failed: {text}") from err
+
+
+def run(cfg: DictConfig) -> None:
+    """Validate ``cfg`` and start verl training (needs GPUs and vLLM/SGLang)."""
+    from verl.trainer.main_ppo import run_ppo
+
+    prepare(cfg)
     import cepo.integrations.verl.estimators  # noqa: F401
 
-    auto_set_device(cfg)
-    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    _state["training"] = True
     run_ppo(cfg, task_runner_class=_task_runner())
 
 
-def main() -> None:
-    """Hydra entry point over ``configs/`` (default config: ``cepo``)."""
+def preflight(argv: list[str], directory: Path) -> DictConfig | None:
+    """Compose and validate the config Hydra is about to run or print, before Hydra does anything.
+
+    Parses ``argv`` with Hydra's own argument parser (so every flag means what it means to Hydra) and, for a
+    run or ``--cfg``, composes ``--config-name`` with the overrides through the Compose API. Skipped (returns
+    ``None``) for ``--help``, ``--hydra-help``, ``--info``, ``--shell-completion`` and ``--multirun`` (sweep
+    overrides do not compose as one config; each job is still validated by :func:`run`), and when
+    ``--config-dir`` or a relative/``pkg://`` ``--config-path`` changes the search path.
+
+    Returns:
+        The composed, validated config, or ``None`` where skipped.
+
+    Raises:
+        ConfigError: the one-line error of :func:`compose_method_config` or :func:`check_engine_config`.
+    """
+    try:
+        from hydra._internal.utils import get_args_parser
+    except ImportError:  # a Hydra without this parser: validation still runs in run(), before training
+        return None
+    args = get_args_parser().parse_args(argv)  # a bad flag exits 2 with Hydra's usage line, as Hydra would
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.multirun:
+        return None
+    if args.config_dir is not None or args.experimental_rerun is not None:
+        return None
+    primary = directory
+    if args.config_path is not None:
+        if not os.path.isabs(args.config_path):
+            return None
+        primary = Path(args.config_path)
+    cfg = compose_method_config(args.config_name or DEFAULT_CONFIG_NAME, list(args.overrides), config_dir=primary)
+    check_engine_config(cfg)
+    return cfg
+
+
+@contextmanager
+def _hydra_raises() -> Iterator[None]:
+    """Make Hydra re-raise errors instead of printing its own report and exiting 1 (``run_and_report``)."""
+    before = os.environ.get(_FULL_ERROR_ENV)
+    os.environ[_FULL_ERROR_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_FULL_ERROR_ENV, None)
+        else:
+            os.environ[_FULL_ERROR_ENV] = before
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Hydra entry point over ``configs/`` (default config: ``cepo``).
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success; 2 (with one line on stderr) for a config that cannot be composed or fails validation.
+        Errors raised once training has started propagate with their traceback (exit status 1).
+    """
     import hydra
 
-    app = hydra.main(config_path=str(configs_dir()), config_name="cepo", version_base=None)(run)
-    app()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    full_error = os.environ.get(_FULL_ERROR_ENV) == "1"
+    _state["training"] = False
+    directory: Path | None = None
+    saved_argv = sys.argv
+    try:
+        directory = configs_dir()
+        preflight(argv, directory)
+        app = hydra.main(config_path=str(directory), config_name=DEFAULT_CONFIG_NAME, version_base=None)(run)
+        sys.argv = [saved_argv[0] if saved_argv else "cepo", *argv]  # hydra.main reads sys.argv
+        with _hydra_raises():
+            app()
+    except Exception as err:
+        if full_error or _state["training"]:
+            raise
+        message = config_error_message(err, directory)
+        if message is None:
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    finally:
+        sys.argv = saved_argv
+    return 0
 
 
 if __name__ == "__main__":
