@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,27 @@ def render_teacher_messages(
     return out
 
 
+def teacher_prompt_text(
+    processing_class: Any,
+    messages: Sequence[Message],
+    hint: str,
+    template: str | jinja2.Template = DEFAULT_TEACHER_TEMPLATE,
+    include_image: bool = True,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[str, list[Message]]:
+    """The teacher prompt as text (chat template applied, generation prompt added) and its messages.
+
+    ``chat_template_kwargs`` are the extra chat-template variables the student prompt was rendered with
+    (TRL's ``chat_template_kwargs``, verl's ``data.apply_chat_template_kwargs``, e.g. ``enable_thinking``):
+    the teacher prompt must be rendered with the same ones, or P_T and P_S differ in more than the hint.
+    """
+    rendered = render_teacher_messages(messages, hint, template, include_image)
+    text = processing_class.apply_chat_template(
+        rendered, add_generation_prompt=True, tokenize=False, **dict(chat_template_kwargs or {})
+    )
+    return text, rendered
+
+
 def _has_image_processor(processing_class: Any) -> bool:
     return getattr(processing_class, "image_processor", None) is not None
 
@@ -130,6 +151,9 @@ class TeacherInputs:
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
     mm_token_type_ids: torch.Tensor | None = None  # (N, P + T), 1 at image tokens
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Every other model input the processor returned (e.g. ``token_type_ids`` (N, P + T) for Gemma-3,
+    ``image_sizes`` for LLaVA-NeXT, ``pixel_attention_mask`` for Idefics3), passed to the forward unchanged."""
 
     @property
     def response_length(self) -> int:
@@ -143,11 +167,19 @@ class TeacherInputs:
             kwargs["image_grid_thw"] = self.image_grid_thw
         if self.mm_token_type_ids is not None:
             kwargs["mm_token_type_ids"] = self.mm_token_type_ids
+        kwargs.update(self.extra)
         return kwargs
 
     def select(self, rows: Sequence[int]) -> TeacherInputs:
-        """The sub-batch of ``rows`` (in that order), with their images."""
+        """The sub-batch of ``rows`` (in that order), with their images (Qwen-VL image layout; other
+        processors' per-image inputs cannot be split here, score those batches whole)."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
+        per_row = {k: v[index] for k, v in self.extra.items() if k == "token_type_ids"}
+        if len(per_row) != len(self.extra):
+            raise ValueError(
+                f"cannot select rows of a teacher batch with {sorted(set(self.extra) - set(per_row))}; "
+                "score it whole (micro_batch_size=None) or through the engine's own log-prob routine"
+            )
         pixel_values = image_grid_thw = None
         if self.pixel_values is not None and self.image_grid_thw is not None:
             per_image = self.image_grid_thw.prod(-1).tolist()
@@ -171,6 +203,7 @@ class TeacherInputs:
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
             mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[index],
+            extra=per_row,
         )
 
 
@@ -184,6 +217,7 @@ def build_teacher_inputs(
     template: str = DEFAULT_TEACHER_TEMPLATE,
     include_image: bool = True,
     max_prompt_length: int | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> TeacherInputs:
     """Teacher rows ``[prompt + hint] + response`` for N rollouts.
 
@@ -199,6 +233,7 @@ def build_teacher_inputs(
         template: Jinja template with ``{{ prompt }}`` and ``{{ hint }}``.
         include_image: keep images in the teacher context (default) or drop them.
         max_prompt_length: raise if a teacher prompt is longer (in tokens, images included).
+        chat_template_kwargs: extra chat-template variables, the ones the student prompt was rendered with.
     """
     n = len(messages)
     if len(hints) != n:
@@ -218,10 +253,12 @@ def build_teacher_inputs(
             "tokenizer.chat_template"
         )
     compiled = compile_template(template)
-    rendered = [render_teacher_messages(m, h, compiled, include_image) for m, h in zip(messages, hints, strict=True)]
-    texts = [
-        processing_class.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in rendered
+    prompts = [
+        teacher_prompt_text(processing_class, m, h, compiled, include_image, chat_template_kwargs)
+        for m, h in zip(messages, hints, strict=True)
     ]
+    texts = [text for text, _ in prompts]
+    rendered = [conv for _, conv in prompts]
     multimodal = _has_image_processor(processing_class)
     row_images: list[list[Any]] = []
     if multimodal and include_image:
@@ -259,6 +296,11 @@ def build_teacher_inputs(
     mm_types = encoded.get("mm_token_type_ids")
     if mm_types is not None:
         mm_types = torch.cat([mm_types, torch.zeros_like(response_ids, dtype=mm_types.dtype)], dim=1)
+    known = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
+    extra = {k: v for k, v in encoded.items() if k not in known and isinstance(v, torch.Tensor)}
+    if "token_type_ids" in extra:  # per token, like mm_token_type_ids: the response part is text (0)
+        types = extra["token_type_ids"]
+        extra["token_type_ids"] = torch.cat([types, torch.zeros_like(response_ids, dtype=types.dtype)], dim=1)
     return TeacherInputs(
         input_ids=torch.cat([prompt_ids, response_ids], dim=1),
         attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
@@ -269,6 +311,7 @@ def build_teacher_inputs(
         pixel_values=encoded.get("pixel_values"),
         image_grid_thw=encoded.get("image_grid_thw"),
         mm_token_type_ids=mm_types,
+        extra=extra,
     )
 
 

@@ -17,14 +17,9 @@ from cepo.data import to_conversational
 from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
 from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
-from cepo.smoke import prepare_smoke_model, run_smoke
+from cepo.smoke import run_smoke
 from cepo.teacher import STUDENT_TEMPLATE, build_teacher_inputs, teacher_logprobs
 from cepo.testing import make_geo3k_like
-
-
-@pytest.fixture(scope="module")
-def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_smoke_model(tmp_path_factory.mktemp("smoke") / "base-model")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

@@ -2,18 +2,31 @@
 
 After TRL generates and scores a batch, the trainer
 1. recomputes the sequence advantage with Eq. 1 (``cepo.algorithms.group_advantages``, the same
-   convention as verl, so both engines train on the same numbers),
+   convention as verl, so both engines train on the same numbers; rollouts that every reward function
+   left unscored are excluded from their group's statistics and get advantage 0, as TRL does),
 2. picks r+ (the ground-truth answer) and r- (the answer of the lowest-reward rejected rollout of
-   the group, ``cepo.algorithms.negative_hints``),
+   the group, ``cepo.algorithms.negative_hints``; the answers are gathered over all processes, since a
+   group can span them),
 3. scores the sampled completions under the r+ and r- teacher contexts with the training model
    itself (no copy, ``torch.no_grad()``, TRL's own log-prob routine, both contexts in one batched
    call, only for rows whose advantage is non-zero), and
 4. hands TRL's loss the (B, T) advantages of ``cepo.algorithms.compute_token_advantages``.
 Only the advantage changes; TRL's PPO-clip loss is untouched (paper Sec. 3.4).
+
+Lambda follows the *generation round* (one TRL generation batch = one verl rollout step), not the
+optimizer step: with ``steps_per_generation > gradient_accumulation_steps`` or ``num_iterations > 1``
+several optimizer steps train on one round, and all of them use that round's lambda. Once lambda is 0
+no teacher pass runs (the credit is GRPO).
+
+Multi-process runs: the number of rows needing a teacher pass differs per process (rows with A = 0 are
+skipped), but FSDP / ZeRO-3 forwards all-gather parameters, so every process must run the same number
+of forward chunks. Each scoring call is padded (with copies of a real row, results discarded) to the
+largest row count over the processes.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import Any
@@ -21,17 +34,33 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 
-from cepo.algorithms import TEACHER_PASSES, CreditInputs, compute_token_advantages, group_advantages, negative_hints
+from cepo.algorithms import CreditInputs, compute_token_advantages, group_advantages, negative_hints, teacher_passes
+from cepo.integrations.trl.checkpoints import AtomicCheckpointMixin
 from cepo.integrations.trl.config import CEPOGRPOConfig
 from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
-from cepo.teacher import build_teacher_inputs, tokenizer_of
+from cepo.teacher import TeacherInputs, build_teacher_inputs, tokenizer_of
 
-_FORWARD_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+TRL_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+"""Model inputs TRL's ``_get_per_token_logps_and_entropies`` slices per chunk and forwards (TRL 1.16); the
+teacher rows pass every one of them that the processor returns."""
+
+TILE_INDEXED_FAMILIES = ("lfm2_vl", "internvl")
+"""Model types whose image tensors are indexed by tile: TRL recovers their tile counts from the image
+processor inside its generation step only, so teacher rows of these models cannot be scored."""
 
 
-class CEPOTrainer(GRPOTrainer):
+class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
     """GRPO / RLSD / CEPO on TRL, selected by ``args.cepo_method``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -49,15 +78,34 @@ class CEPOTrainer(GRPOTrainer):
                 "multi_objective_aggregation must be 'sum_then_normalize' for CEPOTrainer (the weighted reward sum "
                 "is normalised per group, Eq. 1)"
             )
-        tokenizer = tokenizer_of(self.processing_class)
-        if self.cepo.method != "grpo" and getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(
-                f"method {self.cepo.method!r} re-applies the chat template for its teacher contexts, but the "
-                "tokenizer has none; use an instruct/chat model or set tokenizer.chat_template"
-            )
+        if self.cepo.method != "grpo":
+            self._check_teacher_support()
         self._cepo_rollouts: dict[str, Any] = {}
         # the hints of the most recent teacher rows, for inspection and tests (bounded: long runs do not grow it)
         self.teacher_calls: deque[dict[str, Any]] = deque(maxlen=4096)
+        # one entry per scoring call: rows scored, rows after cross-process padding, forward chunks run
+        self.forward_log: deque[dict[str, Any]] = deque(maxlen=4096)
+
+    def _check_teacher_support(self) -> None:
+        """Refuse, at start-up, set-ups whose teacher context cannot equal the student's plus the hint."""
+        method = self.cepo.method
+        tokenizer = tokenizer_of(self.processing_class)
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"method {method!r} re-applies the chat template for its teacher contexts, but the "
+                "tokenizer has none; use an instruct/chat model or set tokenizer.chat_template"
+            )
+        if self.tools or self.environment_factories is not None:
+            raise ValueError(
+                f"method {method!r} does not support tools or environments: the teacher context re-renders the "
+                "prompt without the tool schema or multi-turn observations; use cepo_method='grpo'"
+            )
+        model_type = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "model_type", None)
+        if model_type in TILE_INDEXED_FAMILIES:
+            raise ValueError(
+                f"method {method!r} cannot score teacher contexts for model type {model_type!r} (tile-indexed image "
+                f"inputs, {list(TILE_INDEXED_FAMILIES)}); use cepo_method='grpo' or a Qwen-VL / LLaVA-style model"
+            )
 
     # -- 1. keep what TRL computed for the rewards -------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -65,6 +113,17 @@ class CEPOTrainer(GRPOTrainer):
         self._cepo_rollouts = {"inputs": inputs, "prompts": prompts, "completions": completions}
         self._cepo_rollouts["rewards_per_func"] = rewards_per_func
         return rewards_per_func
+
+    def generation_round(self) -> int:
+        """0-based index of the current generation round (the lambda schedule's step).
+
+        TRL generates once every ``steps_per_generation * num_iterations`` micro-steps; a micro-step is one
+        ``training_step`` (``gradient_accumulation_steps`` of them make an optimizer step). Counted from the
+        optimizer step, so a resumed run continues the schedule where the checkpoint left it.
+        """
+        accumulation = self.args.gradient_accumulation_steps
+        micro_steps = self.state.global_step * accumulation + self._step % accumulation
+        return micro_steps // (self.args.steps_per_generation * self.num_iterations)
 
     # -- 2.-4. teacher passes and token advantages -------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,22 +139,27 @@ class CEPOTrainer(GRPOTrainer):
 
         rewards_per_func = rollouts["rewards_per_func"]
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: no reward function scored it
         group_ids = [i // self.num_generations for i in range(rewards.shape[0])]
-        advantages = group_advantages(rewards.float().cpu(), group_ids, norm_by_std=self.scale_rewards != "none")
+        advantages = group_advantages(
+            rewards.float().cpu(), group_ids, norm_by_std=self.scale_rewards != "none", skip_nan=True
+        )
         local_adv = advantages[local].to(device)
 
-        lam = self.cepo.schedule(self.state.global_step)
-        passes = TEACHER_PASSES[self.cepo.method]
+        step = self.generation_round()
+        lam = self.cepo.schedule(step)
+        passes = teacher_passes(self.cepo.method, lam)
         mask = output["completion_mask"]
         credit = CreditInputs(advantages=local_adv, response_mask=mask, lam=lam, eps_w=self.cepo.eps_w)
         teacher_seconds = 0.0
-        if passes and lam > 0:
+        if passes:
             tic = time.perf_counter()
             self._teacher_passes(output, rollouts, rewards, group_ids, local, local_adv, passes, credit)
             teacher_seconds = time.perf_counter() - tic
         token_adv, metrics = compute_token_advantages(self.cepo.method, credit)
         output["advantages"] = token_adv
         metrics["teacher_seconds"] = teacher_seconds
+        metrics["generation_round"] = float(step)
         for key, value in metrics.items():
             self._metrics[mode][f"cepo/{key}"].append(value)
         return output
@@ -127,36 +191,46 @@ class CEPOTrainer(GRPOTrainer):
         jobs: list[tuple[str, int, str]] = [("pos", i, pos_hints[i]) for i in active]
         if "neg" in passes:
             jobs += [("neg", i, neg_hints[i]) for i in active if has_neg[i]]
-        student_rows = [i for i in active if "neg" not in passes or not has_neg[i]]
 
         logp_pos = torch.zeros_like(mask, dtype=torch.float32)
         logp_neg = torch.zeros_like(mask, dtype=torch.float32)
-        if jobs:
-            rows = [i for _, i, _ in jobs]
-            images = self._row_images(inputs, rows)
+        width = self._synced_row_count(len(jobs))
+        if width:
+            padded = jobs + [jobs[0] if jobs else ("pos", 0, pos_hints[0])] * (width - len(jobs))
+            rows = [i for _, i, _ in padded]
             teacher = build_teacher_inputs(
                 self.processing_class,
                 [prompts[i] for i in rows],
-                [hint for _, _, hint in jobs],
+                [hint for _, _, hint in padded],
                 completion_ids[rows].cpu(),
                 mask[rows].cpu(),
-                images=images,
+                images=self._row_images(inputs, rows),
                 template=self.cepo.teacher_template,
                 include_image=self.cepo.teacher_sees_image,
                 max_prompt_length=self.cepo.teacher_max_prompt_length,
+                chat_template_kwargs=self.chat_template_kwargs,
             )
-            logps = self._score(teacher)
-            for (kind, row, hint), values in zip(jobs, logps, strict=True):
+            logps = self._score(teacher, kind="teacher", real_rows=len(jobs))
+            for (kind, row, hint), values in zip(jobs, logps, strict=False):  # padding rows come last: dropped
                 (logp_pos if kind == "pos" else logp_neg)[row] = values.float()
                 self.teacher_calls.append({"step": self.state.global_step, "kind": kind, "row": row, "hint": hint})
 
         logp_student = output.get("old_per_token_logps")
-        if logp_student is None and student_rows:
-            logp_student = self._student_logps(output)
+        if logp_student is None:  # TRL did not compute old log-probs: score P_S for the rows that read it
+            student_rows = [i for i in active if "neg" not in passes or not has_neg[i]]
+            logp_student = self._student_logps(output, student_rows)
         credit.logp_pos = logp_pos
         credit.logp_neg = logp_neg if "neg" in passes else None
-        credit.logp_student = logp_student if logp_student is not None else torch.zeros_like(logp_pos)
+        credit.logp_student = logp_student.float()
         credit.has_negative = torch.tensor(has_neg, dtype=torch.bool, device=mask.device)
+
+    def _synced_row_count(self, rows: int) -> int:
+        """The largest ``rows`` over all processes: every process pads its scoring call to it, so all run the
+        same number of forward chunks (FSDP / ZeRO-3 forwards are collective)."""
+        if self.accelerator.num_processes == 1:
+            return rows
+        counts = self.accelerator.gather(torch.tensor([rows], device=self.accelerator.device))
+        return int(counts.max())
 
     @staticmethod
     def _row_images(inputs: list[dict[str, Any]], rows: list[int]) -> list[list[Any]] | None:
@@ -167,39 +241,63 @@ class CEPOTrainer(GRPOTrainer):
         return None
 
     @torch.no_grad()
-    def _sampled_logps(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, **forward: Any
-    ) -> torch.Tensor:
-        """Log-probs of the last ``response_mask.shape[1]`` tokens through TRL's own routine (same temperature
-        and chunking as TRL's old log-probs), zero at masked positions."""
+    def _score(self, batch: TeacherInputs, kind: str, real_rows: int) -> torch.Tensor:
+        """Log-probs (N, T) of ``batch``'s response tokens through TRL's own routine (same temperature, chunking
+        and model inputs as TRL's old log-probs), zero at masked positions."""
         device = self.accelerator.device
-        forward = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in forward.items() if v is not None}
-        logps, _, _ = self._get_per_token_logps_and_entropies(
-            self.model,
-            input_ids.to(device),
-            attention_mask.to(device),
-            response_mask.shape[1],
-            batch_size=self.args.per_device_train_batch_size,
-            **forward,
-        )
-        return logps.float() * response_mask.to(device)
+        chunk = self.args.per_device_train_batch_size
+        forward = {k: v for k, v in batch.model_kwargs().items() if k in TRL_FORWARD_KEYS}
+        forward = {k: v.to(device) for k, v in forward.items()}
+        if "pixel_values" in forward or "image_sizes" in forward:
+            forward["num_images"] = list(batch.num_images)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                batch.input_ids.to(device),
+                batch.attention_mask.to(device),
+                batch.response_length,
+                batch_size=chunk,
+                **forward,
+            )
+        rows = int(batch.input_ids.shape[0])
+        self.forward_log.append({"step": self.state.global_step, "kind": kind, "rows": real_rows,
+                                 "padded_rows": rows, "chunks": math.ceil(rows / chunk)})
+        return logps.float() * batch.response_mask.to(device)
 
-    def _score(self, teacher: Any) -> torch.Tensor:
-        """P_T for a batch of teacher rows (``cepo.teacher.TeacherInputs``)."""
-        images = teacher.pixel_values is not None
-        return self._sampled_logps(
-            teacher.input_ids,
-            teacher.attention_mask,
-            teacher.response_mask,
-            pixel_values=teacher.pixel_values,
-            image_grid_thw=teacher.image_grid_thw,
-            num_images=teacher.num_images if images else None,
-            mm_token_type_ids=teacher.mm_token_type_ids,
-        )
+    def _student_logps(self, output: dict[str, Any], rows: list[int]) -> torch.Tensor:
+        """P_S (the old log-probs, no hint) for ``rows`` of the local batch; (B, T), zero on other rows.
 
-    def _student_logps(self, output: dict[str, Any]) -> torch.Tensor:
-        """P_S: log-probs of the completions in the student context (the old log-probs)."""
-        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        forward = {k: output[k] for k in (*_FORWARD_KEYS, "num_images") if k in output}
-        return self._sampled_logps(ids, attention, output["completion_mask"], **forward)
+        Scores only those rows (CEPO reads P_S only where a group has no r-; RLSD where A != 0), padded to the
+        same count on every process, with TRL's own prompt tokens and image inputs.
+        """
+        mask = output["completion_mask"]
+        out = torch.zeros_like(mask, dtype=torch.float32)
+        width = self._synced_row_count(len(rows))
+        if not width:
+            return out
+        student = TeacherInputs(
+            input_ids=torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
+            attention_mask=torch.cat([output["prompt_mask"], mask], dim=1),
+            prompt_length=int(output["prompt_ids"].shape[1]),
+            response_ids=output["completion_ids"],
+            response_mask=mask,
+            num_images=list(output.get("num_images") or [0] * mask.shape[0]),
+            pixel_values=output.get("pixel_values"),
+            image_grid_thw=output.get("image_grid_thw"),
+            mm_token_type_ids=output.get("mm_token_type_ids"),
+            extra={k: output[k] for k in TRL_FORWARD_KEYS if k in output and k not in
+                   ("pixel_values", "image_grid_thw", "mm_token_type_ids")},
+        )
+        padded = rows + [rows[0] if rows else 0] * (width - len(rows))
+        try:
+            selected = student.select(padded)
+        except ValueError:  # image inputs this layout cannot split per row: score the whole local batch
+            padded = list(range(mask.shape[0]))
+            selected = student
+        logps = self._score(selected, kind="student", real_rows=len(rows))
+        position = {}
+        for k, row in enumerate(padded):
+            position.setdefault(row, k)
+        for row in rows:
+            out[row] = logps[position[row]]
+        return out

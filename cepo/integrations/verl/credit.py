@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cepo.algorithms import TEACHER_PASSES, CreditInputs, compute_token_advantages, negative_hints
+from cepo.algorithms import CreditInputs, compute_token_advantages, negative_hints, teacher_passes
 from cepo.config import CEPOConfig
 from cepo.rewards import extract_answer
 
@@ -96,8 +96,8 @@ def apply_token_credit(
     metrics: dict[str, float] = {"cepo/lambda": float(lam)}
     if teacher_seconds is not None:
         metrics["cepo/teacher_time_s"] = float(teacher_seconds)
-    passes = TEACHER_PASSES.get(cepo.method, ())
-    if not passes or lam == 0.0:
+    passes = teacher_passes(cepo.method, lam)
+    if not passes:
         return metrics
     batch = data.batch
     for key in ("advantages", "response_mask", "old_log_probs", *([POS_KEY] if "pos" in passes else [])):

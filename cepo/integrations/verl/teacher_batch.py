@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template, render_teacher_messages, tokenizer_of
+from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template, teacher_prompt_text, tokenizer_of
 
 RopeIndexFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``get_rope_index(input_ids, mm_token_type_ids=..., image_grid_thw=..., attention_mask=...)`` ->
@@ -97,6 +97,7 @@ def build_teacher_row(
     rope_index_fn: RopeIndexFn | None = None,
     max_prompt_length: int | None = None,
     row: int = 0,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> TeacherRow:
     """Build one teacher row (see the module docstring).
 
@@ -111,10 +112,11 @@ def build_teacher_row(
         rope_index_fn: M-RoPE position function for Qwen-VL models, ``None`` for 1-D positions.
         max_prompt_length: ``cepo.teacher_max_prompt_length``.
         row: row index, for error messages.
+        chat_template_kwargs: verl's ``data.apply_chat_template_kwargs`` (the student prompt's, e.g.
+            ``enable_thinking``), so the teacher prompt differs from the student's only by the hint.
     """
-    compiled = compile_template(template)
-    rendered = render_teacher_messages(list(messages), hint, compiled, include_image)
-    text = processing_class.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+    text, _ = teacher_prompt_text(processing_class, list(messages), hint, compile_template(template), include_image,
+                                  chat_template_kwargs)
     mm: dict[str, torch.Tensor] = {}
     grid = None
     if include_image and multi_modal_inputs and multi_modal_inputs.get("image_grid_thw") is not None:
@@ -161,6 +163,7 @@ def build_teacher_rows(
     rope_index_fn: RopeIndexFn | None = None,
     max_prompt_length: int | None = None,
     row_ids: Sequence[int] | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[TeacherRow]:
     """:func:`build_teacher_row` for N rows; ``row_ids`` are the student row indices used in errors."""
     n = len(messages)
@@ -171,7 +174,7 @@ def build_teacher_rows(
     ids = list(row_ids) if row_ids is not None else list(range(n))
     return [
         build_teacher_row(processing_class, messages[i], hints[i], responses[i], mm[i], template, include_image,
-                          rope_index_fn, max_prompt_length, row=ids[i])
+                          rope_index_fn, max_prompt_length, row=ids[i], chat_template_kwargs=chat_template_kwargs)
         for i in range(n)
     ]
 

@@ -36,7 +36,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 import cepo.integrations.verl.estimators  # noqa: F401  (registers the cepo/rlsd estimators)
-from cepo.algorithms import TEACHER_PASSES, group_advantages
+from cepo.algorithms import group_advantages, teacher_passes
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
     HAS_NEG_KEY,
@@ -96,8 +96,14 @@ class CEPOTrainerSync(PPOTrainerSync):
         return max(0, int(self.global_steps) - 1)
 
     def _cepo_passes(self) -> tuple[str, ...]:
-        passes = TEACHER_PASSES.get(self.cepo.method, ())
-        return passes if passes and self.cepo.schedule(self._cepo_step()) > 0 else ()
+        return teacher_passes(self.cepo.method, self.cepo.schedule(self._cepo_step()))
+
+    def _chat_template_kwargs(self) -> dict[str, Any]:
+        """verl's ``data.apply_chat_template_kwargs``: what the agent loop rendered the student prompt with."""
+        from omegaconf import OmegaConf
+
+        kwargs = self.config.data.get("apply_chat_template_kwargs", None)
+        return dict(OmegaConf.to_container(kwargs, resolve=True)) if kwargs else {}
 
     def _rope_index_fn(self) -> Any:
         return getattr(self.processor, "get_rope_index", None) if self.processor is not None else None
@@ -199,6 +205,7 @@ class CEPOTrainerSync(PPOTrainerSync):
             rope,
             self.cepo.teacher_max_prompt_length,
             row_ids=[i for i, _, _ in jobs],
+            chat_template_kwargs=self._chat_template_kwargs(),
         )]
         keys = [f"{batch.keys[i]}::{kind}" for i, kind, _ in jobs]
         multiple = self._teacher_batch_multiple()
