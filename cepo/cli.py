@@ -1,16 +1,40 @@
 """The ``cepo`` command line: ``cepo smoke`` and ``cepo train`` (TRL engine).
 
 The verl engine has its own Hydra entry point: ``python -m cepo.integrations.verl.main``.
+
+Exit codes: 0 success, 2 bad input (one line on stderr naming the option, file or row, and the fix),
+1 failure (a traceback), 130 interrupted (Ctrl-C; one line naming the last checkpoint and the ``--resume``
+command).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import traceback
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (``cepo smoke: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _smoke(ns: argparse.Namespace) -> int:
+    from cepo.integrations.trl.run import OptionNames
     from cepo.smoke import run_smoke
 
     result = run_smoke(
@@ -21,6 +45,13 @@ def _smoke(ns: argparse.Namespace) -> int:
         use_lora=not ns.no_lora,
         resume=ns.resume,
         overwrite=ns.overwrite,
+        option_names=OptionNames(
+            resume="--resume",
+            overwrite="--overwrite",
+            output_dir="--output-dir <another dir>",
+            steps="--steps {}",
+            batch="the smoke settings",
+        ),
     )
     print(f"smoke run finished in {result.wall_seconds:.1f} s; run directory: {result.run_dir}")
     return 0
@@ -29,18 +60,20 @@ def _smoke(ns: argparse.Namespace) -> int:
 def _train(ns: argparse.Namespace) -> int:
     from cepo.integrations.trl.from_config import train_from_config
 
-    run_dir = train_from_config(ns.config, ns.overrides, resume=ns.resume, overwrite=ns.overwrite)
+    run_dir = train_from_config(
+        ns.config, ns.overrides, resume=ns.resume, overwrite=ns.overwrite, on_bad_image=ns.on_bad_image
+    )
     print(f"training finished; run directory: {run_dir}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cepo", description="CEPO / RLSD / GRPO training (TRL engine)")
+    parser = _Parser(prog="cepo", description="CEPO / RLSD / GRPO training (TRL engine)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     smoke = sub.add_parser("smoke", help="a complete CEPO run on CPU with an offline tiny Qwen3-VL")
     smoke.add_argument("--method", default="cepo", choices=["grpo", "rlsd", "cepo"])
-    smoke.add_argument("--steps", type=int, default=4, help="optimizer steps (default 4)")
+    smoke.add_argument("--steps", type=_positive_int, default=4, help="optimizer steps, at least 1 (default 4)")
     smoke.add_argument("--output-dir", default="runs/smoke", help="run directory (default runs/smoke)")
     smoke.add_argument("--seed", type=int, default=0)
     smoke.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA r16/a32")
@@ -50,17 +83,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train from a method YAML (configs/<method>.yaml) on the TRL engine")
     train.add_argument("--config", required=True, help="path to a method YAML, e.g. configs/cepo.yaml")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete the checkpoints already in the run dir")
+    train.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail",
+                       help="rows whose image cannot be opened: fail naming them (default) or skip them")
     train.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. cepo.eps_w=0.2")
     train.set_defaults(func=_train)
     return parser
 
 
+def _rerun_command(argv: list[str], resume: bool) -> str:
+    """The command line that was run, with ``--resume`` (and without ``--overwrite``) when ``resume``."""
+    args = [a for a in argv if not (resume and a == "--overwrite")]
+    if resume and "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["cepo", *args])
+
+
+def _interrupted(ns: argparse.Namespace, argv: list[str], err: BaseException) -> int:
+    from cepo.integrations.trl.run import TrainingInterrupted
+
+    prefix = f"cepo {ns.command}: interrupted"
+    if not isinstance(err, TrainingInterrupted):
+        print(f"{prefix} before training started; nothing to resume (rerun: {_rerun_command(argv, False)})",
+              file=sys.stderr)
+    elif err.checkpoint is None:
+        print(f"{prefix} at step {err.step}, before the first checkpoint in {err.run_dir}; nothing to resume "
+              f"(rerun: {_rerun_command(argv, False)})", file=sys.stderr)
+    else:
+        print(f"{prefix} at step {err.step}; last checkpoint: {err.checkpoint}; resume with: "
+              f"{_rerun_command(argv, True)}", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors (2) and --help (0), already printed
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return ns.func(ns)
+    except KeyboardInterrupt as err:
+        return _interrupted(ns, argv, err)
     except (ValueError, FileNotFoundError, TypeError) as err:
         print(f"cepo {ns.command}: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ random, so it first gets a short supervised warm start on the answer format (see
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,22 +29,44 @@ class SmokeResult:
     trainer: Any
 
 
-def prepare_smoke_model(model_dir: Path, seed: int = 0) -> Path:
-    """Build, warm-start and save the tiny Qwen3-VL once (reused when ``model_dir`` exists)."""
+def _is_prepared(model_dir: Path) -> bool:
+    return (model_dir / "config.json").is_file() and any(model_dir.glob("*.safetensors"))
+
+
+def prepare_smoke_model(model_dir: Path, seed: int = 0, echo: bool = False) -> Path:
+    """Build, warm-start and save the tiny Qwen3-VL once (reused when ``model_dir`` holds it).
+
+    The warm start is most of a first smoke run's time; ``echo`` announces it and shows a progress bar. The
+    model is saved to a temporary directory and renamed into ``model_dir``, so an interrupted warm start
+    never leaves a half-saved model that a later run would reuse.
+    """
     from cepo.data import to_conversational
     from cepo.testing import build_qwen_tokenizer, build_tiny_processor, build_tiny_qwen3vl, make_geo3k_like
     from cepo.testing.warm_start import warm_start
 
     model_dir = Path(model_dir)
-    if (model_dir / "config.json").exists():
+    if _is_prepared(model_dir):
         return model_dir
+    if echo:
+        print(
+            f"warm start: teaching the random tiny model the answer format ({SMOKE_WARM_START_STEPS} supervised "
+            f"steps; done once and cached in {model_dir} for the next run)",
+            flush=True,
+        )
+    tic = time.perf_counter()
     tokenizer = build_qwen_tokenizer()
     processor = build_tiny_processor(tokenizer)
     model = build_tiny_qwen3vl(tokenizer, seed=seed)
     warm_start(model, processor, to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed)),
-               steps=SMOKE_WARM_START_STEPS, seed=seed)
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+               steps=SMOKE_WARM_START_STEPS, seed=seed, progress=echo)
+    staged = model_dir.with_name(f"{model_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    processor.save_pretrained(staged)
+    shutil.rmtree(model_dir, ignore_errors=True)  # an incomplete one from an older version
+    os.replace(staged, model_dir)
+    if echo:
+        print(f"warm start: done in {time.perf_counter() - tic:.1f} s; cached in {model_dir}", flush=True)
     return model_dir
 
 
@@ -56,21 +80,26 @@ def run_smoke(
     echo: bool = True,
     model_dir: str | Path | None = None,
     overwrite: bool = False,
+    option_names: Any = None,
     **overrides: Any,
 ) -> SmokeResult:
     """Run ``steps`` optimizer steps of ``method`` and return the run directory.
 
     ``overrides`` are extra ``CEPOGRPOConfig`` fields (e.g. ``cepo_eps_w=0.2``). ``model_dir`` reuses a
-    prepared tiny model (default: ``<output_dir>/base-model``, built on first use).
+    prepared tiny model (default: ``<output_dir>/base-model``, built on first use). ``option_names``
+    (``cepo.integrations.trl.run.OptionNames``) spells resume/overwrite/... in error messages (the CLI passes
+    its flags). A Ctrl-C raises ``cepo.integrations.trl.run.TrainingInterrupted``.
     """
     from cepo.data import to_conversational
     from cepo.integrations.trl.config import CEPOGRPOConfig
-    from cepo.integrations.trl.run import lora_config, train
+    from cepo.integrations.trl.run import OptionNames, lora_config, train
     from cepo.testing import make_geo3k_like
 
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     tic = time.perf_counter()
     run_dir = Path(output_dir)
-    model_dir = prepare_smoke_model(Path(model_dir) if model_dir else run_dir / "base-model", seed=seed)
+    model_dir = prepare_smoke_model(Path(model_dir) if model_dir else run_dir / "base-model", seed=seed, echo=echo)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     dataset = to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed))
@@ -87,6 +116,7 @@ def run_smoke(
         "save_steps": max(1, steps // 2),
         "report_to": "none",
         "use_cpu": True,
+        "bf16": False,  # TRL defaults to bf16 autocast even on CPU; the tiny model trains in fp32
         "seed": seed,
         "temperature": 1.0,
         "cepo_method": method,
@@ -103,5 +133,8 @@ def run_smoke(
         resume_from_checkpoint=True if resume else None,
         echo=echo,
         overwrite=overwrite,
+        names=option_names or OptionNames(
+            resume="resume=True", overwrite="overwrite=True", output_dir="another output_dir", steps="steps={}"
+        ),
     )
     return SmokeResult(run_dir=run_dir, wall_seconds=time.perf_counter() - tic, trainer=trainer)

@@ -42,17 +42,21 @@ def warm_start(
     batch_size: int = 8,
     lr: float = 3e-3,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[float]:
     """Teacher-forced SFT on ``\\boxed{answer}`` for ``steps`` steps; returns the loss per step.
 
     ``dataset`` is the conversational layout of ``cepo.data.to_conversational`` (``prompt``,
-    ``images``, ``answer``).
+    ``images``, ``answer``). ``progress`` shows a tqdm bar (on stderr) with the current loss.
     """
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     losses = []
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc="warm start", unit="step", disable=not progress)
+    for _ in bar:
         index = torch.randint(0, len(dataset), (batch_size,), generator=gen).tolist()
         batch = _sft_batch(processor, [dataset[i] for i in index])
         loss = model(**batch).loss
@@ -60,4 +64,6 @@ def warm_start(
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
     return losses

@@ -3,23 +3,72 @@
 A run directory holds ``config.json`` (every setting used), ``metrics.jsonl`` (one row per logged
 step: every optimizer step with ``logging_steps=1``, as ``cepo smoke`` and ``cepo train`` set it),
 ``checkpoint-*`` folders from TRL, and ``final/`` (the adapter or model and its processor). Each
-logged step also prints one line of metrics beside TRL's progress bar.
+logged step also prints one line of metrics above TRL's progress bar (``tqdm.write``).
+
+Checkpoints and ``final/`` are written to a ``tmp-*`` directory and renamed when complete
+(``cepo.integrations.trl.checkpoints``). Resuming picks the newest *complete* checkpoint, saying which newer
+ones it skipped and why. A finished run cannot be extended (``--steps 10 --resume`` after 8 steps): its
+learning-rate schedule has ended, and a longer one would restart part-way up; resuming an unfinished run with
+another step count continues on a schedule laid out for the new count, with a warning. Ctrl-C raises
+:class:`TrainingInterrupted`, which names the last complete checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from cepo.integrations.trl.checkpoints import (
+    STAGING_PREFIX,
+    checkpoint_problems,
+    find_resumable_checkpoint,
+    list_checkpoints,
+    publish_directory,
+    remove_staging,
+)
 from cepo.integrations.trl.config import CEPOGRPOConfig
+from cepo.integrations.trl.data import check_dataset_size
 from cepo.integrations.trl.rewards import make_math_reward
 from cepo.integrations.trl.trainer import CEPOTrainer
+
+SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
+"""Learning-rate schedules that do not depend on ``max_steps``: a run with one of them may be resumed with
+another step count."""
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How the caller spells each option in error messages (``cepo smoke``, ``cepo train``, the Python API)."""
+
+    resume: str = "resume_from_checkpoint=True"
+    overwrite: str = "overwrite=True"
+    output_dir: str = "another output_dir"
+    steps: str = "max_steps={}"
+    batch: str = "per_device_train_batch_size (prompts per step x num_generations)"
+    optimizer_steps_per_step: int = 1
+    """``steps`` counts this many optimizer steps each (``cepo train``: one training step = one generation
+    round, which may take several optimizer steps)."""
+
+    def steps_for(self, max_steps: int) -> str:
+        """``steps`` spelled for ``max_steps`` optimizer steps."""
+        return self.steps.format(max(1, max_steps // max(1, self.optimizer_steps_per_step)))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: ``run_dir``, the step reached, and ``checkpoint``, the last complete one
+    (``None`` if none was saved yet)."""
+
+    def __init__(self, run_dir: Path, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted at step {step}; last checkpoint: {checkpoint}")
+        self.run_dir, self.step, self.checkpoint = run_dir, step, checkpoint
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 """LoRA on every linear layer of the language model; the vision tower is not adapted (as the authors do)."""
@@ -51,14 +100,18 @@ class MetricsFileCallback(TrainerCallback):
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self.echo:
-            print(
+            from tqdm.auto import tqdm
+
+            # tqdm.write clears the progress bar, prints the line, and redraws the bar below it
+            tqdm.write(
                 f"step {state.global_step:>4} | reward {logs.get('reward', 0):.3f} | lambda "
                 f"{logs.get('cepo/lambda', 0):.3f} | delta+ {logs.get('cepo/delta_pos_frac', 0):.3f} "
                 f"delta- {logs.get('cepo/delta_neg_frac', 0):.3f} | clip {logs.get('cepo/clip_rate', 0):.3f} | "
                 f"|A| {logs.get('cepo/adv_abs_mean_before', 0):.3f}->{logs.get('cepo/adv_abs_mean_after', 0):.3f} | "
                 f"step {row['wall_seconds']:.2f}s",
-                flush=True,
+                file=sys.stdout,
             )
+            sys.stdout.flush()
 
 
 class QuietProgressCallback(ProgressCallback):
@@ -75,6 +128,55 @@ def lora_config(rank: int = 16, alpha: int = 32) -> Any:
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM")
 
 
+def _choose_checkpoint(
+    run_dir: Path, resume_from_checkpoint: str | bool, args: CEPOGRPOConfig, names: OptionNames
+) -> str:
+    """The checkpoint to resume: the given one if complete, else the newest complete one (``True``)."""
+    if resume_from_checkpoint is True:
+        choice = find_resumable_checkpoint(run_dir)
+        for path, problems in choice.skipped:
+            print(f"resume: skipping {path.name} (incomplete: {'; '.join(problems)})", file=sys.stderr)
+        if choice.checkpoint is None:
+            if choice.skipped:
+                raise ValueError(
+                    f"cannot resume {run_dir}: no complete checkpoint ({choice.describe_skipped()}); "
+                    f"start the run again with {names.overwrite}"
+                )
+            raise ValueError(f"cannot resume {run_dir}: it holds no checkpoint; run without {names.resume}")
+        checkpoint = choice.checkpoint
+        if choice.skipped:
+            print(f"resume: continuing from {checkpoint.name}", file=sys.stderr)
+    else:
+        checkpoint = Path(resume_from_checkpoint)
+        problems = checkpoint_problems(checkpoint)
+        if problems:
+            raise ValueError(f"cannot resume from {checkpoint}: {'; '.join(problems)}")
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    planned, done = int(state.get("max_steps") or 0), int(state.get("global_step") or 0)
+    schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    if planned and planned != args.max_steps and schedule not in SCHEDULES_WITHOUT_END:
+        if done >= planned and args.max_steps > planned:
+            raise ValueError(
+                f"{checkpoint} ends a finished run ({names.steps_for(planned)}): its {schedule} learning-rate "
+                f"schedule has ended, and extending the run to {names.steps_for(args.max_steps)} would restart the "
+                f"learning rate part-way up. Train it as a new run ({names.overwrite} "
+                f"{names.steps_for(args.max_steps)}, or {names.output_dir})"
+            )
+        print(
+            f"resume: {checkpoint.name} comes from a run of {names.steps_for(planned)}; from here on its {schedule} "
+            f"learning-rate schedule is laid out for {names.steps_for(args.max_steps)} instead",
+            file=sys.stderr,
+        )
+    return str(checkpoint)
+
+
+def _close_progress_bar(trainer: Any) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        bar = getattr(callback, "training_bar", None)
+        if bar is not None:
+            bar.close()
+
+
 def train(
     model: Any,
     processing_class: Any,
@@ -84,26 +186,25 @@ def train(
     resume_from_checkpoint: str | bool | None = None,
     echo: bool = True,
     overwrite: bool = False,
+    names: OptionNames | None = None,
 ) -> CEPOTrainer:
     """Train with ``CEPOTrainer`` and write the run directory at ``args.output_dir``.
 
     A run directory that already holds checkpoints is never silently overwritten: pass
-    ``resume_from_checkpoint`` to continue it, ``overwrite=True`` to delete its checkpoints, metrics and
-    ``final/`` first, or choose another ``output_dir``.
+    ``resume_from_checkpoint`` to continue it (``True``: the newest complete checkpoint), ``overwrite=True``
+    to delete its checkpoints, metrics and ``final/`` first, or choose another ``output_dir``. ``names`` spells
+    those options as the caller's command line does, in error messages. Ctrl-C raises
+    :class:`TrainingInterrupted`.
     """
+    names = names or OptionNames()
     run_dir = Path(args.output_dir)
-    existing = sorted(run_dir.glob("checkpoint-*")) if run_dir.exists() else []
-    if existing and not resume_from_checkpoint:
-        if not overwrite:
-            raise ValueError(
-                f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing[:3])}"
-                f"{', ...' if len(existing) > 3 else ''}); resume it (--resume), start elsewhere (--output-dir), or "
-                "delete them (--overwrite)"
-            )
-        for path in [*existing, run_dir / "final"]:
-            shutil.rmtree(path, ignore_errors=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    existing = list_checkpoints(run_dir)
+    if existing and not resume_from_checkpoint and not overwrite:
+        raise ValueError(
+            f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); resume it ({names.resume}), start elsewhere "
+            f"({names.output_dir}), or delete them ({names.overwrite})"
+        )
     if "answer" not in train_dataset.column_names:
         raise ValueError(
             f"train dataset has no 'answer' column (columns: {train_dataset.column_names}); every row needs the "
@@ -114,7 +215,16 @@ def train(
             f"train dataset has no 'prompt' column (columns: {train_dataset.column_names}); "
             "use cepo.data.to_conversational to build one"
         )
+    check_dataset_size(len(train_dataset), args, names.batch)
+    if resume_from_checkpoint:
+        resume_from_checkpoint = _choose_checkpoint(run_dir, resume_from_checkpoint, args, names)
     cepo = args.cepo_config()
+    if existing and not resume_from_checkpoint:  # overwrite, now that the inputs are known to be good
+        for path in [*existing, run_dir / "final"]:
+            shutil.rmtree(path, ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_staging(run_dir)
     (run_dir / "config.json").write_text(json.dumps(json.loads(args.to_json_string()), indent=2, sort_keys=True))
     reward = make_math_reward(cepo.reward.accuracy_weight, cepo.reward.format_weight)
     trainer = CEPOTrainer(
@@ -128,8 +238,17 @@ def train(
     )
     if echo and trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    final = run_dir / "final"
-    trainer.save_model(str(final))
-    processing_class.save_pretrained(str(final))
+    try:
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    except KeyboardInterrupt:
+        _close_progress_bar(trainer)
+        if trainer.args.should_save:
+            remove_staging(run_dir)  # a checkpoint interrupted mid-save was never renamed into place
+        last = find_resumable_checkpoint(run_dir).checkpoint
+        raise TrainingInterrupted(run_dir, trainer.state.global_step, last) from None
+    staged = run_dir / f"{STAGING_PREFIX}final"
+    shutil.rmtree(staged, ignore_errors=True)
+    trainer.save_model(str(staged))
+    processing_class.save_pretrained(str(staged))
+    publish_directory(staged, run_dir / "final")
     return trainer
