@@ -127,3 +127,29 @@ def test_teacher_bad_input(tokenizer) -> None:
     bare.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         build_teacher_inputs(bare, msgs, ["1"] * 3, response_ids, mask)
+
+
+def test_alignment_with_chat_template_kwargs(tokenizer) -> None:
+    """Student prompts rendered with chat-template variables (TRL's ``chat_template_kwargs``, verl's
+    ``data.apply_chat_template_kwargs``; here Qwen3's ``enable_thinking=False``): the teacher context rendered with
+    the same variables and an empty hint scores exactly as the student; without them it does not."""
+    from cepo.integrations.verl.teacher_batch import build_teacher_rows
+
+    kwargs = {"enable_thinking": False}
+    model = build_tiny_text_lm(tokenizer).eval()
+    messages = [[{"role": "user", "content": student_prompt(p)}] for p in PROBLEMS]
+    response_ids, mask, rows = _responses(tokenizer)
+    inputs = build_teacher_inputs(tokenizer, messages, [""] * 3, response_ids, mask, template=STUDENT_TEMPLATE,
+                                  chat_template_kwargs=kwargs)
+    got = teacher_logprobs(model, inputs)
+    verl_rows = build_teacher_rows(tokenizer, messages, [""] * 3, [torch.tensor(r) for r in rows],
+                                   template=STUDENT_TEMPLATE, chat_template_kwargs=kwargs)
+    for i, response in enumerate(rows):
+        text = tokenizer.apply_chat_template(messages[i], add_generation_prompt=True, tokenize=False, **kwargs)
+        assert text.endswith("<think>\n\n</think>\n\n")
+        prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        torch.testing.assert_close(got[i, : len(response)], _direct_logps(model, prompt, response), rtol=1e-5,
+                                   atol=1e-5)
+        assert torch.equal(verl_rows[i].prompt_ids, prompt[0])
+    plain = build_teacher_inputs(tokenizer, messages, [""] * 3, response_ids, mask, template=STUDENT_TEMPLATE)
+    assert plain.prompt_length < inputs.prompt_length  # the variables really change the prompt

@@ -72,7 +72,8 @@ _PRETOKENIZE_REGEX = (
 #: ``<|video_pad|>``: transformers 5.x' ``Qwen3VLProcessor`` replaces that token with per-frame
 #: ``<t seconds><|vision_start|><|video_pad|>...<|vision_end|>`` groups itself, so wrapping it would nest the
 #: vision markers).  Each message renders as ``<|im_start|>{role}\n{content}<|im_end|>\n``; no default system
-#: message is inserted; ``add_generation_prompt`` appends ``<|im_start|>assistant\n``.
+#: message is inserted; ``add_generation_prompt`` appends ``<|im_start|>assistant\n`` and, with the chat-template
+#: variable ``enable_thinking=False`` (as Qwen3's template), an empty ``<think>\n\n</think>\n\n`` block.
 CHAT_TEMPLATE = (
     "{%- macro render_content(content) -%}"
     "{%- if content is string -%}"
@@ -100,6 +101,9 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
     "{%- endif -%}"
 )
 
