@@ -188,3 +188,27 @@ def test_train_existing_checkpoints_names_its_own_options(
     (tmp_path / "run" / "checkpoint-1").rmdir()
     assert _train(tiny_vl, data, tmp_path, cli=("--resume",)) == 2
     assert "holds no checkpoint; run without --resume" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_ctrl_c_prints_the_resume_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cepo.integrations.trl.run import TrainingInterrupted
+
+    def interrupted(*_: Any, **__: Any) -> None:
+        raise TrainingInterrupted(tmp_path / "run", 7, tmp_path / "run" / "checkpoint-5")
+
+    monkeypatch.setattr("cepo.integrations.trl.from_config.train_from_config", interrupted)
+    argv = ["train", "--config", "my configs/cepo.yaml", "--overwrite", "data.train_batch_size=2"]
+    assert cli_main(argv) == 130
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"cepo train: interrupted at step 7; last checkpoint: {tmp_path / 'run' / 'checkpoint-5'}; resume with: "
+        "cepo train --config 'my configs/cepo.yaml' data.train_batch_size=2 --resume"
+    )
+
+    def before_training(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cepo.integrations.trl.from_config.train_from_config", before_training)
+    assert cli_main(argv) == 130
+    assert "interrupted before training started; nothing to resume" in _one_error_line(capsys.readouterr().err)

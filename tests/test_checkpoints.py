@@ -145,6 +145,12 @@ def test_extending_a_finished_run_is_refused(
     assert "checkpoint-1 ends a finished run (--steps 1): its cosine learning-rate schedule has ended" in line
     assert "Train it as a new run (--overwrite --steps 3, or --output-dir <another dir>)" in line
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    # resuming a finished run with its own step count: nothing to resume (transformers would train one more step)
+    assert _smoke(run, "--steps", "1", "--resume") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "checkpoint-1 is step 1: the run is already at or past the requested --steps 1 and nothing is left to " \
+           "resume (final/ holds the result)" in line
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(

@@ -154,14 +154,24 @@ def _choose_checkpoint(
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     planned, done = int(state.get("max_steps") or 0), int(state.get("global_step") or 0)
     schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
-    if planned and planned != args.max_steps and schedule not in SCHEDULES_WITHOUT_END:
-        if done >= planned and args.max_steps > planned:
-            raise ValueError(
-                f"{checkpoint} ends a finished run ({names.steps_for(planned)}): its {schedule} learning-rate "
-                f"schedule has ended, and extending the run to {names.steps_for(args.max_steps)} would restart the "
-                f"learning rate part-way up. Train it as a new run ({names.overwrite} "
-                f"{names.steps_for(args.max_steps)}, or {names.output_dir})"
-            )
+    reschedules = bool(planned) and planned != args.max_steps and schedule not in SCHEDULES_WITHOUT_END
+    if reschedules and done >= planned and args.max_steps > planned:
+        raise ValueError(
+            f"{checkpoint} ends a finished run ({names.steps_for(planned)}): its {schedule} learning-rate "
+            f"schedule has ended, and extending the run to {names.steps_for(args.max_steps)} would restart the "
+            f"learning rate part-way up. Train it as a new run ({names.overwrite} "
+            f"{names.steps_for(args.max_steps)}, or {names.output_dir})"
+        )
+    if done >= args.max_steps:  # transformers would still train one more step
+        result = "final/ holds the result" if (run_dir / "final").is_dir() else \
+            f"{checkpoint.name}/ holds the trained model"
+        raise ValueError(
+            f"{checkpoint} is step {done}: the run is already at or past the requested "
+            f"{names.steps_for(args.max_steps)} "
+            f"and nothing is left to resume ({result}); to train longer, start a new run ({names.overwrite}, or "
+            f"{names.output_dir})"
+        )
+    if reschedules:
         print(
             f"resume: {checkpoint.name} comes from a run of {names.steps_for(planned)}; from here on its {schedule} "
             f"learning-rate schedule is laid out for {names.steps_for(args.max_steps)} instead",
