@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cepo.algorithms import CREDIT_REGISTRY, LambdaSchedule
+from cepo.algorithms import CREDIT_REGISTRY, NEGATIVE_REFERENCES, LambdaSchedule
 from cepo.algorithms.schedules import SCHEDULES
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template
 
@@ -67,6 +67,9 @@ class CEPOConfig:
     """A rollout with reward below this is rejected (a candidate for r-)."""
     neg_requires_answer: bool = True
     """Skip rejected rollouts without a boxed answer when choosing r- (else their hint is empty)."""
+    negative_reference: str = "paper"
+    """Which wrong answer r- carries: ``paper`` (the group's lowest-reward rejected rollout), ``own_answer`` (a
+    rejected rollout contrasts with its own answer), ``most_frequent`` (``cepo.algorithms.NEGATIVE_REFERENCES``)."""
     teacher_max_prompt_length: int | None = None
     """Fail when a teacher prompt (hint included) is longer than this many tokens."""
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -104,6 +107,10 @@ class CEPOConfig:
             raise ValueError(f"cepo.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 < self.eps_w < 1.0:
             raise ValueError(f"cepo.eps_w must be in (0, 1) (Theorem 1), got {self.eps_w}")
+        if self.negative_reference not in NEGATIVE_REFERENCES:
+            raise ValueError(
+                f"cepo.negative_reference must be one of {list(NEGATIVE_REFERENCES)}, got {self.negative_reference!r}"
+            )
         if self.teacher_max_prompt_length is not None and self.teacher_max_prompt_length <= 0:
             raise ValueError(
                 f"cepo.teacher_max_prompt_length must be > 0 or null, got {self.teacher_max_prompt_length}"

@@ -168,3 +168,51 @@ def test_unscorable_rows_are_never_the_negative_reference() -> None:
     assert select_negative_reference([nan, 1.0], [0, 0]) == [None, None]
     with pytest.raises(ValueError, match="NaN"):  # without skip_nan a NaN reward is still a reward-function bug
         group_advantages([1.0, nan], [0, 0])
+
+
+@st.composite
+def answered_groups(draw: st.DrawFn) -> tuple[list[str | None], list[float], list[int]]:
+    n_groups = draw(st.integers(1, 4))
+    size = draw(st.integers(1, 8))
+    ids = [g for g in range(n_groups) for _ in range(size)]
+    answers = draw(st.lists(st.sampled_from(["1", "2", "3", None, ""]), min_size=len(ids), max_size=len(ids)))
+    scores = draw(st.lists(st.sampled_from([0.0, 0.1, 0.9, 1.0, float("nan")]), min_size=len(ids), max_size=len(ids)))
+    return answers, scores, ids
+
+
+@settings(max_examples=200, deadline=None)
+@given(groups=answered_groups(), require_answer=st.booleans())
+def test_negative_reference_strategies(groups: tuple[list, list, list], require_answer: bool) -> None:
+    """own_answer: a rejected rollout with an answer contrasts with its own answer, every other rollout keeps the
+    paper's r-; most_frequent: one r- per group, a commonest wrong answer; all three agree on which groups have
+    an r- at all."""
+    answers, scores, ids = groups
+    paper, has_paper = negative_hints(answers, scores, ids, require_answer=require_answer)
+    own, has_own = negative_hints(answers, scores, ids, require_answer=require_answer, reference="own_answer")
+    common, has_common = negative_hints(answers, scores, ids, require_answer=require_answer, reference="most_frequent")
+    rejected = [s == s and s < 0.5 and a is not None and a.strip() != "" for a, s in zip(answers, scores, strict=True)]
+    for i in range(len(ids)):
+        assert own[i] == (answers[i] if rejected[i] else paper[i])
+        group = [j for j in range(len(ids)) if ids[j] == ids[i]]
+        wrong = [answers[j] for j in group if rejected[j]]
+        if wrong:
+            assert common[i] in wrong and wrong.count(common[i]) == max(wrong.count(w) for w in wrong)
+            assert all(common[j] == common[i] for j in group)
+        else:
+            assert common[i] == paper[i]
+    assert has_paper == has_own == has_common
+
+
+def test_negative_reference_example_and_bad_value() -> None:
+    answers = ["3", None, "7", "5", "5", "7", "5", "9"]
+    scores = [1.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    ids = list("aaaaaaab")
+    assert negative_hints(answers, scores, ids)[0] == ["7"] * 7 + ["9"]
+    assert negative_hints(answers, scores, ids, reference="own_answer")[0] == ["7", "7", "7", "5", "5", "7", "5", "9"]
+    assert negative_hints(answers, scores, ids, reference="most_frequent")[0] == ["5"] * 7 + ["9"]
+    with pytest.raises(ValueError, match="negative reference must be one of"):
+        negative_hints(answers, scores, ids, reference="random")
+    from cepo.config import CEPOConfig
+
+    with pytest.raises(ValueError, match=r"cepo\.negative_reference must be one of"):
+        CEPOConfig(negative_reference="lowest")

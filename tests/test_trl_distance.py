@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from cepo.algorithms import group_advantages, linear_lambda
+from cepo.algorithms import group_advantages, linear_lambda, negative_hints
 from cepo.data import to_conversational
 from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
+from cepo.integrations.trl.rewards import completion_text
+from cepo.rewards import extract_answer
 from cepo.smoke import run_smoke
 from cepo.testing import make_geo3k_like
 
@@ -86,7 +88,8 @@ class _Recording(CEPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
         self.generated.append({"advantages": output["advantages"].clone(), "mask": output["completion_mask"].clone(),
-                               "rewards_per_func": self._cepo_rollouts["rewards_per_func"].clone()})
+                               "rewards_per_func": self._cepo_rollouts["rewards_per_func"].clone(),
+                               "completions": [completion_text(c) for c in self._cepo_rollouts["completions"]]})
         return output
 
 
@@ -160,3 +163,22 @@ def test_student_pass_scores_only_the_rows_that_read_it(method: str, smoke_model
                       steps_per_generation=2)
     reused.train()
     assert [e for e in reused.forward_log if e["kind"] == "student"] == []
+
+
+@pytest.mark.parametrize("reference", ["own_answer", "most_frequent"])
+def test_negative_reference_reaches_the_teacher(reference: str, smoke_model: Path, tmp_path: Path) -> None:
+    """``cepo_negative_reference`` decides the r- hint of every teacher row the trainer scores."""
+    trainer = _trainer(smoke_model, tmp_path, "cepo", make_math_reward(), max_steps=3,
+                       cepo_negative_reference=reference)
+    trainer.train()
+    checked = 0
+    for step, gen in enumerate(trainer.generated):
+        rewards = gen["rewards_per_func"][:, 0]
+        groups = [i // 4 for i in range(rewards.shape[0])]
+        answers = [extract_answer(text) for text in gen["completions"]]
+        expected, _ = negative_hints(answers, rewards, groups, reference=reference)
+        for call in trainer.teacher_calls:
+            if call["step"] == step and call["kind"] == "neg":
+                assert call["hint"] == expected[call["row"]]
+                checked += 1
+    assert checked > 0

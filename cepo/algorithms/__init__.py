@@ -16,11 +16,12 @@ from cepo.algorithms.credit import (
 from cepo.algorithms.evidence import contrastive_delta, evidence_weights, modulate_advantages, rlsd_delta
 from cepo.algorithms.metrics import credit_metrics
 from cepo.algorithms.policy_loss import ppo_clip_loss
-from cepo.algorithms.references import negative_hints, select_negative_reference
+from cepo.algorithms.references import NEGATIVE_REFERENCES, negative_hints, select_negative_reference
 from cepo.algorithms.schedules import LambdaSchedule, constant_lambda, linear_lambda
 
 __all__ = [
     "CREDIT_REGISTRY",
+    "NEGATIVE_REFERENCES",
     "TEACHER_PASSES",
     "CreditInputs",
     "LambdaSchedule",

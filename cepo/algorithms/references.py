@@ -44,12 +44,28 @@ def select_negative_reference(
     return [best.get(gid) for gid in group_ids]
 
 
+NEGATIVE_REFERENCES = ("paper", "own_answer", "most_frequent")
+"""Which wrong answer a rollout's r- context carries (``cepo.negative_reference``):
+
+* ``paper`` (default): the answer of the group's lowest-reward rejected rollout, the same for the whole group
+  (Algorithm 1, line 5; ties go to the lowest row index);
+* ``own_answer``: a rejected rollout with an answer contrasts with its *own* answer (so the wrong-answer teacher
+  backs exactly the error it made: Proposition 1's condition for A < 0); other rollouts use the paper's r-;
+* ``most_frequent``: the group's commonest wrong answer (ties: the paper's order, lowest reward then lowest row).
+"""
+
+
+def _has_text(answer: str | None) -> bool:
+    return answer is not None and answer.strip() != ""
+
+
 def negative_hints(
     answers: Sequence[str | None],
     scores: torch.Tensor | Sequence[float],
     group_ids: Sequence[Hashable],
     threshold: float = 0.5,
     require_answer: bool = True,
+    reference: str = "paper",
 ) -> tuple[list[str | None], list[bool]]:
     """The r- hint text for every rollout and whether it has one.
 
@@ -58,14 +74,17 @@ def negative_hints(
     skipped, so the hint is the answer of the lowest-score rejected rollout that *has* one;
     a group where no rejected rollout has an answer is treated as G- empty (RLSD fallback).
     With ``require_answer=False`` such a group gets hint ``""`` (the authors' code instead
-    used the literal string "None"; we never do).
+    used the literal string "None"; we never do). ``reference`` chooses among the wrong answers
+    (:data:`NEGATIVE_REFERENCES`); every choice leaves a group without a rejected rollout at G- empty.
 
     Returns:
         (hints, has_negative): ``hints[i]`` is ``None`` exactly when ``has_negative[i]`` is False.
     """
     if len(answers) != len(group_ids):
         raise ValueError(f"answers has {len(answers)} entries but group_ids has {len(group_ids)}")
-    eligible = [a is not None and a.strip() != "" for a in answers] if require_answer else None
+    if reference not in NEGATIVE_REFERENCES:
+        raise ValueError(f"negative reference must be one of {NEGATIVE_REFERENCES}, got {reference!r}")
+    eligible = [_has_text(a) for a in answers] if require_answer else None
     chosen = select_negative_reference(scores, group_ids, threshold=threshold, eligible=eligible)
     hints: list[str | None] = []
     for index in chosen:
@@ -74,4 +93,23 @@ def negative_hints(
         else:
             answer = answers[index]
             hints.append(answer if answer is not None else "")
+    if reference == "paper":
+        return hints, [h is not None for h in hints]
+
+    values = [float(v) for v in (scores.tolist() if isinstance(scores, torch.Tensor) else scores)]
+    rejected = [v == v and v < threshold and _has_text(a) for v, a in zip(values, answers, strict=True)]
+    if reference == "own_answer":
+        hints = [answers[i] if rejected[i] else hints[i] for i in range(len(hints))]
+    else:  # most_frequent
+        wrong: dict[Hashable, list[int]] = {}
+        for row, gid in enumerate(group_ids):
+            if rejected[row]:
+                wrong.setdefault(gid, []).append(row)
+        best: dict[Hashable, str] = {}
+        for gid, rows in wrong.items():
+            texts = [answers[r] for r in rows]
+            counts = {text: texts.count(text) for text in texts}
+            rows = sorted(rows, key=lambda r: (-counts[answers[r]], values[r], r))
+            best[gid] = str(answers[rows[0]])
+        hints = [best.get(gid, hint) for gid, hint in zip(group_ids, hints, strict=True)]
     return hints, [h is not None for h in hints]

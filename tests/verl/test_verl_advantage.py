@@ -134,6 +134,9 @@ def test_choose_hints_lowest_reward_rejected_with_answer():
     # the unboxed rollout has the lowest reward but no answer: skipped, never "None"; ties -> first row
     assert neg[:4] == ["7"] * 4 and has[:4] == [True] * 4
     assert neg[4:] == [None, None] and has[4:] == [False, False]
+    # cepo.negative_reference=own_answer: each rejected rollout with an answer contrasts with its own
+    _, own, _ = choose_hints(responses, scores, uids, ["12"] * 4 + ["3"] * 2, CEPOConfig(negative_reference="own_answer"))
+    assert own == ["7", "7", "7", "9", None, None]
 
 
 def test_ground_truth_missing_names_row():

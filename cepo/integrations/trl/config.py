@@ -24,6 +24,9 @@ class CEPOGRPOConfig(GRPOConfig):
     cepo_teacher_sees_image: bool = field(default=True, metadata={"help": "keep the image in teacher contexts"})
     cepo_neg_threshold: float = field(default=0.5, metadata={"help": "reward below this = rejected rollout"})
     cepo_neg_requires_answer: bool = field(default=True, metadata={"help": "r- only from rollouts with an answer"})
+    cepo_negative_reference: str = field(
+        default="paper", metadata={"help": "which wrong answer r- carries: paper | own_answer | most_frequent"}
+    )
     cepo_teacher_max_prompt_length: int | None = field(default=None, metadata={"help": "limit on teacher prompts"})
     cepo_accuracy_weight: float = field(default=0.9, metadata={"help": "reward weight of answer accuracy"})
     cepo_format_weight: float = field(default=0.1, metadata={"help": "reward weight of the boxed format"})
@@ -44,6 +47,7 @@ class CEPOGRPOConfig(GRPOConfig):
             teacher_sees_image=self.cepo_teacher_sees_image,
             neg_threshold=self.cepo_neg_threshold,
             neg_requires_answer=self.cepo_neg_requires_answer,
+            negative_reference=self.cepo_negative_reference,
             teacher_max_prompt_length=self.cepo_teacher_max_prompt_length,
             reward=RewardConfig(self.cepo_accuracy_weight, self.cepo_format_weight),
         )
@@ -61,6 +65,7 @@ class CEPOGRPOConfig(GRPOConfig):
             "cepo_teacher_sees_image": cfg.teacher_sees_image,
             "cepo_neg_threshold": cfg.neg_threshold,
             "cepo_neg_requires_answer": cfg.neg_requires_answer,
+            "cepo_negative_reference": cfg.negative_reference,
             "cepo_teacher_max_prompt_length": cfg.teacher_max_prompt_length,
             "cepo_accuracy_weight": cfg.reward.accuracy_weight,
             "cepo_format_weight": cfg.reward.format_weight,

@@ -183,7 +183,8 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         answers = gather_object(answers_local)
         pos_hints = [str(x["answer"]) for x in inputs]
         neg_all, has_neg_all = negative_hints(
-            answers, rewards.cpu(), group_ids, self.cepo.neg_threshold, self.cepo.neg_requires_answer
+            answers, rewards.cpu(), group_ids, self.cepo.neg_threshold, self.cepo.neg_requires_answer,
+            self.cepo.negative_reference,
         )
         neg_hints, has_neg = neg_all[local], has_neg_all[local]
         active = [i for i in range(n_local) if float(local_adv[i]) != 0.0]

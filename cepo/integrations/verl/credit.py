@@ -65,7 +65,7 @@ def choose_hints(
         )
     answers = [extract_answer(text) for text in responses]
     neg, has_neg = negative_hints(answers, scores, group_ids, threshold=cepo.neg_threshold,
-                                  require_answer=cepo.neg_requires_answer)
+                                  require_answer=cepo.neg_requires_answer, reference=cepo.negative_reference)
     return [str(g) for g in ground_truths], neg, has_neg
 
 
