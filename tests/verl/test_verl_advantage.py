@@ -135,7 +135,8 @@ def test_choose_hints_lowest_reward_rejected_with_answer():
     assert neg[:4] == ["7"] * 4 and has[:4] == [True] * 4
     assert neg[4:] == [None, None] and has[4:] == [False, False]
     # cepo.negative_reference=own_answer: each rejected rollout with an answer contrasts with its own
-    _, own, _ = choose_hints(responses, scores, uids, ["12"] * 4 + ["3"] * 2, CEPOConfig(negative_reference="own_answer"))
+    own_answer = CEPOConfig(negative_reference="own_answer")
+    _, own, _ = choose_hints(responses, scores, uids, ["12"] * 4 + ["3"] * 2, own_answer)
     assert own == ["7", "7", "7", "9", None, None]
 
 
