@@ -164,6 +164,7 @@ class TeacherInputs:
         kwargs: dict[str, torch.Tensor] = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         if self.pixel_values is not None:
             kwargs["pixel_values"] = self.pixel_values
+        if self.image_grid_thw is not None:  # Qwen-VL only: other families take no image_grid_thw (not even None)
             kwargs["image_grid_thw"] = self.image_grid_thw
         if self.mm_token_type_ids is not None:
             kwargs["mm_token_type_ids"] = self.mm_token_type_ids
@@ -171,25 +172,37 @@ class TeacherInputs:
         return kwargs
 
     def select(self, rows: Sequence[int]) -> TeacherInputs:
-        """The sub-batch of ``rows`` (in that order), with their images (Qwen-VL image layout; other
-        processors' per-image inputs cannot be split here, score those batches whole)."""
+        """The sub-batch of ``rows`` (in that order), with their images: Qwen-VL's patch-indexed ``pixel_values``
+        (split by ``image_grid_thw``) or image-indexed ones (one entry per image, e.g. LLaVA-NeXT with its
+        ``image_sizes``, Gemma-3). Other layouts (e.g. Idefics3's ``pixel_attention_mask``) cannot be split here:
+        score those batches whole."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
+        image_start = [0]
+        for count in self.num_images:
+            image_start.append(image_start[-1] + count)
+        with_images = rows if self.pixel_values is not None else []
+        images = [i for r in with_images for i in range(image_start[r], image_start[r + 1])]
+        by_image = (self.pixel_values is not None and self.image_grid_thw is None
+                    and self.pixel_values.shape[0] == image_start[-1])
         per_row = {k: v[index] for k, v in self.extra.items() if k == "token_type_ids"}
-        if len(per_row) != len(self.extra):
+        if by_image and "image_sizes" in self.extra and images:
+            per_row["image_sizes"] = self.extra["image_sizes"][images]
+        unsplittable = sorted(set(self.extra) - set(per_row) - ({"image_sizes"} if by_image else set()))
+        if self.pixel_values is not None and self.image_grid_thw is None and not by_image:
+            unsplittable.append("pixel_values")
+        if unsplittable:
             raise ValueError(
-                f"cannot select rows of a teacher batch with {sorted(set(self.extra) - set(per_row))}; "
+                f"cannot select rows of a teacher batch with {unsplittable}; "
                 "score it whole (micro_batch_size=None) or through the engine's own log-prob routine"
             )
         pixel_values = image_grid_thw = None
+        if by_image and images:
+            pixel_values = self.pixel_values[images]
         if self.pixel_values is not None and self.image_grid_thw is not None:
             per_image = self.image_grid_thw.prod(-1).tolist()
-            image_start = [0]
-            for count in self.num_images:
-                image_start.append(image_start[-1] + count)
             patch_start = [0]
             for n in per_image:
                 patch_start.append(patch_start[-1] + n)
-            images = [i for r in rows for i in range(image_start[r], image_start[r + 1])]
             if images:
                 pixel_values = torch.cat([self.pixel_values[patch_start[i] : patch_start[i + 1]] for i in images])
                 image_grid_thw = self.image_grid_thw[images]
@@ -273,9 +286,10 @@ def build_teacher_inputs(
     flat_images = [img for imgs in row_images for img in imgs]
 
     if multimodal:
+        # one list of images per row, as TRL passes them (Gemma-3's processor pairs images with texts by row)
         encoded = processing_class(
             text=texts,
-            images=flat_images or None,
+            images=(row_images if all(row_images) else flat_images) or None,
             padding=True,
             padding_side="left",
             return_tensors="pt",

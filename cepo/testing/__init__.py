@@ -1,4 +1,5 @@
-"""Offline test fixtures: a tiny Qwen-style tokenizer, tiny Qwen3-VL / Qwen3 models, and Geo3k-like data.
+"""Offline test fixtures: a tiny Qwen-style tokenizer, tiny Qwen3-VL / Qwen3 / LLaVA-NeXT / Gemma-3 models, and
+Geo3k-like data.
 
 Nothing here touches the network or the Hugging Face hub; everything is built locally and deterministically::
 
@@ -30,18 +31,36 @@ from cepo.testing.models import (
     tiny_qwen3vl_config,
     tiny_text_lm_config,
 )
+from cepo.testing.other_vlms import (
+    OTHER_VLM_FAMILIES,
+    build_gemma3_tokenizer,
+    build_llava_next_tokenizer,
+    build_tiny_gemma3,
+    build_tiny_gemma3_processor,
+    build_tiny_llava_next,
+    build_tiny_llava_next_processor,
+    build_tiny_vlm,
+)
 from cepo.testing.tokenizer import CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
 
 __all__ = [
     "CHAT_TEMPLATE",
     "GEO3K_FEATURES",
     "GEO3K_KINDS",
+    "OTHER_VLM_FAMILIES",
     "QWEN_SPECIAL_TOKENS",
     "Geo3kProblem",
+    "build_gemma3_tokenizer",
+    "build_llava_next_tokenizer",
     "build_qwen_tokenizer",
+    "build_tiny_gemma3",
+    "build_tiny_gemma3_processor",
+    "build_tiny_llava_next",
+    "build_tiny_llava_next_processor",
     "build_tiny_processor",
     "build_tiny_qwen3vl",
     "build_tiny_text_lm",
+    "build_tiny_vlm",
     "make_geo3k_like",
     "render_problem",
     "sample_geo3k_problems",
