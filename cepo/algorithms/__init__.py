@@ -4,6 +4,7 @@ Every function names the paper equation it implements (arXiv 2605.19436, Sec. 3)
 """
 
 from cepo.algorithms.advantages import group_advantages
+from cepo.algorithms.conspo import conspo_coefficients, conspo_loss, conspo_margin, conspo_scores
 from cepo.algorithms.credit import (
     CREDIT_REGISTRY,
     TEACHER_PASSES,
@@ -13,6 +14,17 @@ from cepo.algorithms.credit import (
     register_credit,
     teacher_passes,
 )
+from cepo.algorithms.divergence import (
+    divergence_on_teacher_topk,
+    gather_support,
+    renormalize,
+    sampled_token_advantage,
+    token_divergence,
+    topk_divergence,
+    topk_support,
+    with_tail_bucket,
+)
+from cepo.algorithms.ema import ema_update_
 from cepo.algorithms.evidence import contrastive_delta, evidence_weights, modulate_advantages, rlsd_delta
 from cepo.algorithms.metrics import credit_metrics
 from cepo.algorithms.policy_loss import ppo_clip_loss
@@ -26,10 +38,17 @@ __all__ = [
     "CreditInputs",
     "LambdaSchedule",
     "compute_token_advantages",
+    "conspo_coefficients",
+    "conspo_loss",
+    "conspo_margin",
+    "conspo_scores",
     "constant_lambda",
     "contrastive_delta",
     "credit_metrics",
+    "divergence_on_teacher_topk",
+    "ema_update_",
     "evidence_weights",
+    "gather_support",
     "get_credit_fn",
     "group_advantages",
     "linear_lambda",
@@ -37,7 +56,13 @@ __all__ = [
     "negative_hints",
     "ppo_clip_loss",
     "register_credit",
+    "renormalize",
     "rlsd_delta",
+    "sampled_token_advantage",
     "select_negative_reference",
     "teacher_passes",
+    "token_divergence",
+    "topk_divergence",
+    "topk_support",
+    "with_tail_bucket",
 ]
