@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     smoke = sub.add_parser("smoke", help="a complete CEPO run on CPU with an offline tiny Qwen3-VL")
-    smoke.add_argument("--method", default="cepo", choices=["grpo", "rlsd", "cepo"])
+    from cepo.algorithms import METHODS
+
+    smoke.add_argument("--method", default="cepo", choices=sorted(METHODS))
     smoke.add_argument("--steps", type=_positive_int, default=4, help="optimizer steps, at least 1 (default 4)")
     smoke.add_argument("--output-dir", default="runs/smoke", help="run directory (default runs/smoke)")
     smoke.add_argument("--seed", type=int, default=0)

@@ -45,12 +45,46 @@ class RewardConfig:
     format_weight: float = 0.1
 
 
+SDPO_TEMPLATE = "{{ prompt }}\nCorrect solution:\n\n{{ hint }}\n\nCorrectly solve the original question."
+"""SDPO's reprompt (baselines.md §4a): the student prompt, a successful peer rollout, the instruction to solve."""
+
+
+@dataclass
+class DistillConfig:
+    """OPSD / SDPO settings (sampled-token self-distillation; ``cepo.distill``)."""
+
+    weight: float = 1.0
+    """w in ``(1 - w) GRPO + w distillation``; 1 = pure distillation (OPSD's paper, SDPO's default)."""
+    success_threshold: float = 0.5
+    """SDPO: a rollout with reward at least this is a success, shown to the teacher of its group's other rollouts
+    (SDPO's yaml uses 0.5, its dataclass 1.0)."""
+    demo_template: str = SDPO_TEMPLATE
+    """Jinja template of SDPO's teacher turn, with ``{{ prompt }}`` and ``{{ hint }}`` (the demonstration)."""
+
+
+@dataclass
+class ConSPOConfig:
+    """ConSPO settings (``cepo.conspo``; its paper's values: tau 10, M 0.01, warm-up ratio 0.3). Positives are
+    rollouts with reward at least ``cepo.neg_threshold``."""
+
+    tau: float = 10.0
+    """Contrastive temperature."""
+    margin: float = 0.01
+    """Target margin M of the half-cosine curriculum."""
+    margin_warmup_ratio: float = 0.3
+    """Fraction of training over which the margin ramps from 0 to M."""
+
+
+_BLOCKS: dict[str, type] = {"reward": RewardConfig, "distill": DistillConfig, "conspo": ConSPOConfig}
+"""Nested blocks of the ``cepo:`` config."""
+
+
 @dataclass
 class CEPOConfig:
     """Credit-assignment settings (the ``cepo:`` block of every method YAML)."""
 
     method: str = "cepo"
-    """``grpo`` | ``rlsd`` | ``cepo``."""
+    """``grpo`` | ``rlsd`` | ``cepo`` | ``opsd`` | ``sdpo`` | ``conspo`` (``cepo.algorithms.METHODS``)."""
     lam0: float = 0.5
     """Initial modulation strength lambda_0 (Eq. 7)."""
     lambda_schedule: str = "linear"
@@ -73,10 +107,15 @@ class CEPOConfig:
     teacher_max_prompt_length: int | None = None
     """Fail when a teacher prompt (hint included) is longer than this many tokens."""
     reward: RewardConfig = field(default_factory=RewardConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """OPSD / SDPO settings."""
+    conspo: ConSPOConfig = field(default_factory=ConSPOConfig)
+    """ConSPO settings."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.reward, Mapping):
-            self.reward = RewardConfig(**self.reward)
+        for name, kind in _BLOCKS.items():
+            if isinstance(getattr(self, name), Mapping):
+                setattr(self, name, kind(**getattr(self, name)))
         self.validate()
 
     def _check_types(self) -> None:
@@ -85,8 +124,10 @@ class CEPOConfig:
         expected: dict[str, tuple[type, ...]] = {f.name: _FIELD_TYPES[f.type] for f in dataclasses.fields(self)
                                                  if f.type in _FIELD_TYPES}
         values = {name: getattr(self, name) for name in expected}
-        values.update({f"reward.{name}": getattr(self.reward, name) for name in ("accuracy_weight", "format_weight")})
-        expected.update({"reward.accuracy_weight": (int, float), "reward.format_weight": (int, float)})
+        for block in _BLOCKS:
+            for f in dataclasses.fields(getattr(self, block)):
+                expected[f"{block}.{f.name}"] = _FIELD_TYPES[f.type]
+                values[f"{block}.{f.name}"] = getattr(getattr(self, block), f.name)
         for name, value in values.items():
             kinds = expected[name]
             if value is None and type(None) in kinds:
@@ -123,10 +164,38 @@ class CEPOConfig:
             value = getattr(self.reward, name)
             if value < 0:
                 raise ValueError(f"cepo.reward.{name} must be >= 0, got {value}")
+        if not 0.0 <= self.distill.weight <= 1.0:
+            raise ValueError(f"cepo.distill.weight must be in [0, 1], got {self.distill.weight}")
+        try:
+            compile_template(self.distill.demo_template)
+        except ValueError as err:
+            raise ValueError(f"cepo.distill.demo_template: {err}") from err
+        if self.conspo.tau <= 0:
+            raise ValueError(f"cepo.conspo.tau must be > 0, got {self.conspo.tau}")
+        if self.conspo.margin < 0:
+            raise ValueError(f"cepo.conspo.margin must be >= 0, got {self.conspo.margin}")
+        if not 0.0 < self.conspo.margin_warmup_ratio <= 1.0:
+            raise ValueError(
+                f"cepo.conspo.margin_warmup_ratio must be in (0, 1], got {self.conspo.margin_warmup_ratio}"
+            )
 
     @property
     def schedule(self) -> LambdaSchedule:
         return LambdaSchedule(self.lambda_schedule, self.lam0, self.warmup_steps)
+
+    def template_for(self, hints: tuple[str, ...]) -> str:
+        """The teacher template of a method's teacher contexts: SDPO's demonstrations use ``distill.demo_template``,
+        r+ / r- use ``teacher_template`` (Appendix B)."""
+        return self.distill.demo_template if "demo" in hints else self.teacher_template
+
+    def credit_options(self, progress: float = 0.0) -> dict[str, float]:
+        """The method settings ``cepo.algorithms`` reads (``CreditInputs.options``), at training progress in [0, 1]
+        (ConSPO's margin curriculum)."""
+        from cepo.algorithms.conspo import conspo_margin
+
+        margin = conspo_margin(min(max(progress, 0.0), 1.0), self.conspo.margin, self.conspo.margin_warmup_ratio)
+        return {"distill_weight": self.distill.weight, "tau": self.conspo.tau, "margin": margin,
+                "threshold": self.neg_threshold}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> CEPOConfig:
@@ -139,14 +208,19 @@ class CEPOConfig:
             close = [m for key in unknown for m in difflib.get_close_matches(key, sorted(known), n=1)]
             hint = f"did you mean cepo.{', cepo.'.join(close)}? " if close else ""
             raise ValueError(f"unknown key(s) cepo.{', cepo.'.join(unknown)}; {hint}known keys: {sorted(known)}")
-        reward = values.pop("reward", None) or {}
-        reward_known = {f.name for f in dataclasses.fields(RewardConfig)}
-        if not isinstance(reward, Mapping):
-            raise ValueError(f"cepo.reward must be a mapping with keys {sorted(reward_known)}, got {reward!r}")
-        bad = sorted(set(reward) - reward_known)
-        if bad:
-            raise ValueError(f"unknown key(s) cepo.reward.{', cepo.reward.'.join(bad)}; known: {sorted(reward_known)}")
-        return cls(**values, reward=RewardConfig(**reward))
+        blocks: dict[str, Any] = {}
+        for block, kind in _BLOCKS.items():
+            given = values.pop(block, None) or {}
+            block_known = {f.name for f in dataclasses.fields(kind)}
+            if not isinstance(given, Mapping):
+                raise ValueError(f"cepo.{block} must be a mapping with keys {sorted(block_known)}, got {given!r}")
+            bad = sorted(set(given) - block_known)
+            if bad:
+                raise ValueError(
+                    f"unknown key(s) cepo.{block}.{f', cepo.{block}.'.join(bad)}; known: {sorted(block_known)}"
+                )
+            blocks[block] = kind(**given)
+        return cls(**values, **blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -113,3 +113,30 @@ def negative_hints(
             best[gid] = str(answers[rows[0]])
         hints = [best.get(gid, hint) for gid, hint in zip(group_ids, hints, strict=True)]
     return hints, [h is not None for h in hints]
+
+
+def demonstration_rows(
+    scores: torch.Tensor | Sequence[float],
+    group_ids: Sequence[Hashable],
+    threshold: float = 0.5,
+    exclude_self: bool = True,
+) -> list[int | None]:
+    """For every rollout, the row of the successful rollout of its group that SDPO shows the teacher.
+
+    SDPO (baselines.md §4): the demonstration is the first rollout of the group (in batch order) whose
+    reward is at least ``threshold``; with ``exclude_self`` (SDPO's ``dont_reprompt_on_self_success``) a
+    successful rollout is shown another success, and gets ``None`` when it is the group's only one. NaN
+    (unscorable) rollouts are never successes. ``None`` means no teacher row (no distillation signal).
+    """
+    values = [float(s) for s in (scores.tolist() if isinstance(scores, torch.Tensor) else scores)]
+    if len(group_ids) != len(values):
+        raise ValueError(f"group_ids has {len(group_ids)} entries but scores has {len(values)}")
+    successes: dict[Hashable, list[int]] = {}
+    for row, (gid, value) in enumerate(zip(group_ids, values, strict=True)):
+        if value == value and value >= threshold:
+            successes.setdefault(gid, []).append(row)
+    chosen: list[int | None] = []
+    for row, gid in enumerate(group_ids):
+        candidates = [r for r in successes.get(gid, []) if not (exclude_self and r == row)]
+        chosen.append(candidates[0] if candidates else None)
+    return chosen

@@ -1,13 +1,38 @@
-"""``CEPOGRPOConfig``: TRL's ``GRPOConfig`` plus the CEPO/RLSD fields (see ``cepo.config.CEPOConfig``)."""
+"""``CEPOGRPOConfig``: TRL's ``GRPOConfig`` plus the method fields (see ``cepo.config.CEPOConfig``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import GRPOConfig
 
-from cepo.config import CEPOConfig, RewardConfig
+from cepo.config import SDPO_TEMPLATE, CEPOConfig
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE
+
+FIELD_KEYS: dict[str, str] = {
+    "cepo_method": "method",
+    "cepo_lam0": "lam0",
+    "cepo_lambda_schedule": "lambda_schedule",
+    "cepo_warmup_steps": "warmup_steps",
+    "cepo_eps_w": "eps_w",
+    "cepo_teacher_template": "teacher_template",
+    "cepo_teacher_sees_image": "teacher_sees_image",
+    "cepo_neg_threshold": "neg_threshold",
+    "cepo_neg_requires_answer": "neg_requires_answer",
+    "cepo_negative_reference": "negative_reference",
+    "cepo_teacher_max_prompt_length": "teacher_max_prompt_length",
+    "cepo_accuracy_weight": "reward.accuracy_weight",
+    "cepo_format_weight": "reward.format_weight",
+    "cepo_distill_weight": "distill.weight",
+    "cepo_success_threshold": "distill.success_threshold",
+    "cepo_demo_template": "distill.demo_template",
+    "cepo_conspo_tau": "conspo.tau",
+    "cepo_conspo_margin": "conspo.margin",
+    "cepo_conspo_margin_warmup_ratio": "conspo.margin_warmup_ratio",
+}
+"""Each ``cepo_*`` field of :class:`CEPOGRPOConfig` and the ``cepo:`` key it stands for (``block.key`` for nested
+blocks)."""
 
 
 @dataclass
@@ -15,10 +40,10 @@ class CEPOGRPOConfig(GRPOConfig):
     """GRPOConfig with the credit-assignment settings, prefixed ``cepo_`` to stay clear of TRL's own
     fields (``warmup_steps`` is the learning-rate warm-up there)."""
 
-    cepo_method: str = field(default="cepo", metadata={"help": "grpo | rlsd | cepo"})
+    cepo_method: str = field(default="cepo", metadata={"help": "grpo | rlsd | cepo | opsd | sdpo | conspo"})
     cepo_lam0: float = field(default=0.5, metadata={"help": "initial lambda (Eq. 7)"})
     cepo_lambda_schedule: str = field(default="linear", metadata={"help": "linear | constant"})
-    cepo_warmup_steps: int = field(default=25, metadata={"help": "T_warm: steps for lambda to decay to 0"})
+    cepo_warmup_steps: int = field(default=25, metadata={"help": "T_warm: generation rounds for lambda to reach 0"})
     cepo_eps_w: float = field(default=0.5, metadata={"help": "weight clip half-width epsilon_w, in (0, 1)"})
     cepo_teacher_template: str = field(default=DEFAULT_TEACHER_TEMPLATE, metadata={"help": "Jinja teacher prompt"})
     cepo_teacher_sees_image: bool = field(default=True, metadata={"help": "keep the image in teacher contexts"})
@@ -30,6 +55,18 @@ class CEPOGRPOConfig(GRPOConfig):
     cepo_teacher_max_prompt_length: int | None = field(default=None, metadata={"help": "limit on teacher prompts"})
     cepo_accuracy_weight: float = field(default=0.9, metadata={"help": "reward weight of answer accuracy"})
     cepo_format_weight: float = field(default=0.1, metadata={"help": "reward weight of the boxed format"})
+    cepo_distill_weight: float = field(
+        default=1.0, metadata={"help": "OPSD/SDPO: w in (1 - w) GRPO + w distillation; 1 = pure distillation"}
+    )
+    cepo_success_threshold: float = field(
+        default=0.5, metadata={"help": "SDPO: reward at which a rollout is a success (a demonstration)"}
+    )
+    cepo_demo_template: str = field(default=SDPO_TEMPLATE, metadata={"help": "SDPO: Jinja teacher prompt"})
+    cepo_conspo_tau: float = field(default=10.0, metadata={"help": "ConSPO: contrastive temperature"})
+    cepo_conspo_margin: float = field(default=0.01, metadata={"help": "ConSPO: target margin M"})
+    cepo_conspo_margin_warmup_ratio: float = field(
+        default=0.3, metadata={"help": "ConSPO: fraction of training over which the margin ramps to M"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,36 +74,19 @@ class CEPOGRPOConfig(GRPOConfig):
 
     def cepo_config(self) -> CEPOConfig:
         """The engine-independent config these fields describe (validated)."""
-        return CEPOConfig(
-            method=self.cepo_method,
-            lam0=self.cepo_lam0,
-            lambda_schedule=self.cepo_lambda_schedule,
-            warmup_steps=self.cepo_warmup_steps,
-            eps_w=self.cepo_eps_w,
-            teacher_template=self.cepo_teacher_template,
-            teacher_sees_image=self.cepo_teacher_sees_image,
-            neg_threshold=self.cepo_neg_threshold,
-            neg_requires_answer=self.cepo_neg_requires_answer,
-            negative_reference=self.cepo_negative_reference,
-            teacher_max_prompt_length=self.cepo_teacher_max_prompt_length,
-            reward=RewardConfig(self.cepo_accuracy_weight, self.cepo_format_weight),
-        )
+        values: dict[str, Any] = {}
+        for name, key in FIELD_KEYS.items():
+            block, _, leaf = key.rpartition(".")
+            (values.setdefault(block, {}) if block else values)[leaf] = getattr(self, name)
+        return CEPOConfig.from_mapping(values)
 
     @staticmethod
     def fields_from_cepo(cfg: CEPOConfig) -> dict[str, object]:
         """``CEPOGRPOConfig`` keyword arguments for a ``CEPOConfig``."""
-        return {
-            "cepo_method": cfg.method,
-            "cepo_lam0": cfg.lam0,
-            "cepo_lambda_schedule": cfg.lambda_schedule,
-            "cepo_warmup_steps": cfg.warmup_steps,
-            "cepo_eps_w": cfg.eps_w,
-            "cepo_teacher_template": cfg.teacher_template,
-            "cepo_teacher_sees_image": cfg.teacher_sees_image,
-            "cepo_neg_threshold": cfg.neg_threshold,
-            "cepo_neg_requires_answer": cfg.neg_requires_answer,
-            "cepo_negative_reference": cfg.negative_reference,
-            "cepo_teacher_max_prompt_length": cfg.teacher_max_prompt_length,
-            "cepo_accuracy_weight": cfg.reward.accuracy_weight,
-            "cepo_format_weight": cfg.reward.format_weight,
-        }
+        out: dict[str, object] = {}
+        for name, key in FIELD_KEYS.items():
+            value: Any = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            out[name] = value
+        return out

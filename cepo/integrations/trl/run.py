@@ -92,7 +92,10 @@ class MetricsFileCallback(TrainerCallback):
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not logs or "reward" not in logs or not state.is_world_process_zero:
+        """One row per optimizer step (every step TRL logs a loss for). Rollout metrics (reward, lambda, the credit
+        metrics) are in the rows of the steps that generated: with several optimizer steps per generation round the
+        other steps carry the loss and learning rate only."""
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
         now = time.perf_counter()
         row = {"step": state.global_step, "wall_seconds": round(now - self._last, 4), **logs}
@@ -103,15 +106,28 @@ class MetricsFileCallback(TrainerCallback):
             from tqdm.auto import tqdm
 
             # tqdm.write clears the progress bar, prints the line, and redraws the bar below it
-            tqdm.write(
-                f"step {state.global_step:>4} | reward {logs.get('reward', 0):.3f} | lambda "
-                f"{logs.get('cepo/lambda', 0):.3f} | delta+ {logs.get('cepo/delta_pos_frac', 0):.3f} "
-                f"delta- {logs.get('cepo/delta_neg_frac', 0):.3f} | clip {logs.get('cepo/clip_rate', 0):.3f} | "
-                f"|A| {logs.get('cepo/adv_abs_mean_before', 0):.3f}->{logs.get('cepo/adv_abs_mean_after', 0):.3f} | "
-                f"step {row['wall_seconds']:.2f}s",
-                file=sys.stdout,
-            )
+            tqdm.write(step_line(row), file=sys.stdout)
             sys.stdout.flush()
+
+
+STEP_LINE_FIELDS = (
+    ("reward", "reward", "{:.3f}"),
+    ("cepo/lambda", "lambda", "{:.3f}"),
+    ("cepo/delta_pos_frac", "delta+", "{:.3f}"),
+    ("cepo/delta_neg_frac", "delta-", "{:.3f}"),
+    ("cepo/clip_rate", "clip", "{:.3f}"),
+    ("cepo/has_teacher_frac", "teacher rows", "{:.2f}"),
+    ("cepo/token_adv_abs_mean", "|A_t|", "{:.3f}"),
+    ("loss", "loss", "{:.4f}"),
+)
+"""(metric, label, format) of the one-line step summary, in order; a metric the step did not log is left out."""
+
+
+def step_line(row: dict[str, Any]) -> str:
+    """``step N | reward ... | lambda ... | ... | step 1.23s`` for one metrics row."""
+    parts = [f"step {row['step']:>4}"]
+    parts += [f"{label} {fmt.format(row[key])}" for key, label, fmt in STEP_LINE_FIELDS if row.get(key) is not None]
+    return " | ".join([*parts, f"step {row['wall_seconds']:.2f}s"])
 
 
 class QuietProgressCallback(ProgressCallback):

@@ -36,7 +36,15 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from cepo.algorithms import CreditInputs, compute_token_advantages, group_advantages, negative_hints, teacher_passes
+from cepo.algorithms import (
+    CreditInputs,
+    compute_token_advantages,
+    conspo_scores,
+    get_method,
+    plan_teacher_passes,
+    sequence_advantages,
+    teacher_passes,
+)
 from cepo.integrations.trl.checkpoints import AtomicCheckpointMixin
 from cepo.integrations.trl.config import CEPOGRPOConfig
 from cepo.integrations.trl.rewards import completion_text
@@ -61,7 +69,8 @@ processor inside its generation step only, so teacher rows of these models canno
 
 
 class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
-    """GRPO / RLSD / CEPO on TRL, selected by ``args.cepo_method``."""
+    """GRPO / RLSD / CEPO / OPSD / SDPO / ConSPO on TRL, selected by ``args.cepo_method``; what each method needs
+    comes from its ``cepo.algorithms.MethodSpec``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -78,13 +87,33 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 "multi_objective_aggregation must be 'sum_then_normalize' for CEPOTrainer (the weighted reward sum "
                 "is normalised per group, Eq. 1)"
             )
-        if self.cepo.method != "grpo":
+        self.method = get_method(self.cepo.method)
+        if self.method.hints:
             self._check_teacher_support()
+        if self.method.one_update_per_rollout:
+            self._check_one_update_per_rollout()
         self._cepo_rollouts: dict[str, Any] = {}
         # the hints of the most recent teacher rows, for inspection and tests (bounded: long runs do not grow it)
         self.teacher_calls: deque[dict[str, Any]] = deque(maxlen=4096)
         # one entry per scoring call: rows scored, rows after cross-process padding, forward chunks run
         self.forward_log: deque[dict[str, Any]] = deque(maxlen=4096)
+
+    def _check_one_update_per_rollout(self) -> None:
+        """ConSPO's objective has no importance ratio: its advantages are its exact gradient at the rollout policy,
+        so each rollout batch must make exactly one optimizer step, token-mean over the batch."""
+        name = self.cepo.method
+        if self.args.steps_per_generation != self.args.gradient_accumulation_steps or self.num_iterations != 1:
+            raise ValueError(
+                f"method {name!r} needs one optimizer step per generation round: set steps_per_generation = "
+                f"gradient_accumulation_steps (got {self.args.steps_per_generation} and "
+                f"{self.args.gradient_accumulation_steps}) and num_iterations=1 (got {self.num_iterations}); on "
+                "cepo train: actor_rollout_ref.actor.ppo_mini_batch_size = data.train_batch_size, ppo_epochs=1"
+            )
+        if self.loss_type not in ("dapo", "cispo", "vespo") or self.beta != 0.0:
+            raise ValueError(
+                f"method {name!r} needs TRL's token-mean loss over the batch (loss_type='dapo', the default) and "
+                f"beta=0, got loss_type={self.loss_type!r}, beta={self.beta}"
+            )
 
     def _check_teacher_support(self) -> None:
         """Refuse, at start-up, set-ups whose teacher context cannot equal the student's plus the hint."""
@@ -125,6 +154,12 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         micro_steps = self.state.global_step * accumulation + self._step % accumulation
         return micro_steps // (self.args.steps_per_generation * self.num_iterations)
 
+    def training_progress(self, generation_round: int) -> float:
+        """Fraction of the run's generation rounds done before ``generation_round``, in [0, 1] (ConSPO's margin)."""
+        per_round = self.args.steps_per_generation * self.num_iterations
+        rounds = max(1, math.ceil(self.state.max_steps * self.args.gradient_accumulation_steps / per_round))
+        return min(1.0, generation_round / rounds)
+
     # -- 2.-4. teacher passes and token advantages -------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -132,31 +167,41 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if mode != "train":
             return output
         rollouts = self._cepo_rollouts
-        device = output["completion_ids"].device
+        method = self.method
         n_local = output["completion_ids"].shape[0]
         start = self.accelerator.process_index * n_local
         local = slice(start, start + n_local)
+        mask = output["completion_mask"]
 
         rewards_per_func = rollouts["rewards_per_func"]
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: no reward function scored it
+        rewards = rewards.float().cpu()
         group_ids = [i // self.num_generations for i in range(rewards.shape[0])]
-        advantages = group_advantages(
-            rewards.float().cpu(), group_ids, norm_by_std=self.scale_rewards != "none", skip_nan=True
-        )
-        local_adv = advantages[local].to(device)
 
         step = self.generation_round()
         lam = self.cepo.schedule(step)
-        passes = teacher_passes(self.cepo.method, lam)
-        mask = output["completion_mask"]
-        credit = CreditInputs(advantages=local_adv, response_mask=mask, lam=lam, eps_w=self.cepo.eps_w)
+        kinds = teacher_passes(method.name, lam)
+        options = self.cepo.credit_options(self.training_progress(step))
+        logp_student = output.get("old_per_token_logps")
+        scores = None
+        if method.sequence_advantage == "conspo":  # the sequence scores of every rollout, gathered
+            if logp_student is None:
+                logp_student = self._student_logps(output, list(range(n_local)))
+            scores = self.accelerator.gather(conspo_scores(logp_student.float(), mask)).float().cpu()
+        advantages = sequence_advantages(method.name, rewards, group_ids, norm_by_std=self.scale_rewards != "none",
+                                         scores=scores, options=options)
+        credit = CreditInputs(
+            advantages=advantages[local].to(mask.device), response_mask=mask, lam=lam, eps_w=self.cepo.eps_w,
+            num_tokens=int(output["num_items_in_batch"]), options=options,
+        )
         teacher_seconds = 0.0
-        if passes:
+        if kinds:
             tic = time.perf_counter()
-            self._teacher_passes(output, rollouts, rewards, group_ids, local, local_adv, passes, credit)
+            self._teacher_passes(output, rollouts, rewards, group_ids, local, advantages, kinds, lam, credit,
+                                 logp_student)
             teacher_seconds = time.perf_counter() - tic
-        token_adv, metrics = compute_token_advantages(self.cepo.method, credit)
+        token_adv, metrics = compute_token_advantages(method.name, credit)
         output["advantages"] = token_adv
         metrics["teacher_seconds"] = teacher_seconds
         metrics["generation_round"] = float(step)
@@ -171,33 +216,28 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         rewards: torch.Tensor,
         group_ids: list[int],
         local: slice,
-        local_adv: torch.Tensor,
-        passes: tuple[str, ...],
+        advantages: torch.Tensor,
+        kinds: tuple[str, ...],
+        lam: float,
         credit: CreditInputs,
+        logp_student: torch.Tensor | None,
     ) -> None:
-        """Fill ``credit`` with P_S, P_T+ and P_T- for the local rows (Eqs. 2, 4, 5)."""
+        """Score the teacher rows :func:`cepo.algorithms.plan_teacher_passes` asks for and fill ``credit`` (P_S and
+        the teacher log-probs of Eqs. 2, 4, 5, or the distillation teacher) for the local rows."""
         inputs, prompts = rollouts["inputs"], rollouts["prompts"]
         completion_ids, mask = output["completion_ids"], output["completion_mask"]
-        n_local = completion_ids.shape[0]
-        answers_local = [extract_answer(completion_text(c)) for c in rollouts["completions"]]
-        answers = gather_object(answers_local)
-        pos_hints = [str(x["answer"]) for x in inputs]
-        neg_all, has_neg_all = negative_hints(
-            answers, rewards.cpu(), group_ids, self.cepo.neg_threshold, self.cepo.neg_requires_answer,
-            self.cepo.negative_reference,
+        texts = gather_object([completion_text(c) for c in rollouts["completions"]])  # groups can span processes
+        plan = plan_teacher_passes(
+            self.method.name, lam, range(local.start, local.stop), advantages, rewards, group_ids,
+            ground_truths=[str(x["answer"]) for x in inputs], answers=[extract_answer(t) for t in texts],
+            texts=texts, neg_threshold=self.cepo.neg_threshold, require_answer=self.cepo.neg_requires_answer,
+            negative_reference=self.cepo.negative_reference, success_threshold=self.cepo.distill.success_threshold,
         )
-        neg_hints, has_neg = neg_all[local], has_neg_all[local]
-        active = [i for i in range(n_local) if float(local_adv[i]) != 0.0]
-
-        jobs: list[tuple[str, int, str]] = [("pos", i, pos_hints[i]) for i in active]
-        if "neg" in passes:
-            jobs += [("neg", i, neg_hints[i]) for i in active if has_neg[i]]
-
-        logp_pos = torch.zeros_like(mask, dtype=torch.float32)
-        logp_neg = torch.zeros_like(mask, dtype=torch.float32)
+        jobs = plan.jobs
+        logps = {kind: torch.zeros_like(mask, dtype=torch.float32) for kind in kinds}
         width = self._synced_row_count(len(jobs))
         if width:
-            padded = jobs + [jobs[0] if jobs else ("pos", 0, pos_hints[0])] * (width - len(jobs))
+            padded = jobs + [jobs[0] if jobs else (kinds[0], 0, "")] * (width - len(jobs))
             rows = [i for _, i, _ in padded]
             teacher = build_teacher_inputs(
                 self.processing_class,
@@ -206,24 +246,22 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 completion_ids[rows].cpu(),
                 mask[rows].cpu(),
                 images=self._row_images(inputs, rows),
-                template=self.cepo.teacher_template,
+                template=self.cepo.template_for(kinds),
                 include_image=self.cepo.teacher_sees_image,
                 max_prompt_length=self.cepo.teacher_max_prompt_length,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
-            logps = self._score(teacher, kind="teacher", real_rows=len(jobs))
-            for (kind, row, hint), values in zip(jobs, logps, strict=False):  # padding rows come last: dropped
-                (logp_pos if kind == "pos" else logp_neg)[row] = values.float()
+            scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
+            for (kind, row, hint), values in zip(jobs, scored, strict=False):  # padding rows come last: dropped
+                logps[kind][row] = values.float()
                 self.teacher_calls.append({"step": self.state.global_step, "kind": kind, "row": row, "hint": hint})
-
-        logp_student = output.get("old_per_token_logps")
         if logp_student is None:  # TRL did not compute old log-probs: score P_S for the rows that read it
-            student_rows = [i for i in active if "neg" not in passes or not has_neg[i]]
-            logp_student = self._student_logps(output, student_rows)
-        credit.logp_pos = logp_pos
-        credit.logp_neg = logp_neg if "neg" in passes else None
+            logp_student = self._student_logps(output, plan.student_rows)
         credit.logp_student = logp_student.float()
-        credit.has_negative = torch.tensor(has_neg, dtype=torch.bool, device=mask.device)
+        credit.logp_pos, credit.logp_neg, credit.logp_demo = (logps.get(k) for k in ("pos", "neg", "demo"))
+        if "neg" in kinds:
+            credit.has_negative = torch.tensor(plan.has_negative, dtype=torch.bool, device=mask.device)
+        credit.has_teacher = torch.tensor(plan.has_teacher, dtype=torch.bool, device=mask.device)
 
     def _synced_row_count(self, rows: int) -> int:
         """The largest ``rows`` over all processes: every process pads its scoring call to it, so all run the

@@ -1,0 +1,118 @@
+"""OPSD, SDPO and ConSPO on the TRL engine: the token advantages reaching TRL's loss equal an independent
+computation (``cepo.teacher`` forwards + ``cepo.algorithms``) on the same rollouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cepo.algorithms import (
+    CreditInputs,
+    compute_token_advantages,
+    conspo_scores,
+    demonstration_rows,
+    group_advantages,
+    sequence_advantages,
+)
+from cepo.config import SDPO_TEMPLATE, CEPOConfig
+from cepo.data import to_conversational
+from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
+from cepo.integrations.trl.rewards import completion_text
+from cepo.teacher import STUDENT_TEMPLATE, build_teacher_inputs, teacher_logprobs
+from cepo.testing import make_geo3k_like
+
+
+def first_half_correct(completions: list[Any], **_: Any) -> list[float]:
+    """1.0 for the first half of every group of 4 (by position): groups always have successes and failures."""
+    return [1.0 if i % 4 < 2 else 0.0 for i in range(len(completions))]
+
+
+class _Recording(CEPOTrainer):
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        rollouts = self._cepo_rollouts
+        self.generated.append({
+            "output": {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in output.items()},
+            "prompts": rollouts["prompts"], "images": [list(x["images"]) for x in inputs],
+            "answers": [x["answer"] for x in inputs],
+            "texts": [completion_text(c) for c in rollouts["completions"]],
+            "rewards": rollouts["rewards_per_func"].sum(dim=1),
+        })
+        return output
+
+
+def _train(method: str, smoke_model: Path, tmp_path: Path, **extra: Any) -> _Recording:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    settings = {
+        "output_dir": str(tmp_path), "per_device_train_batch_size": 16, "num_generations": 4,
+        "max_completion_length": 16, "max_steps": 1, "learning_rate": 1e-3, "report_to": "none", "use_cpu": True,
+        "bf16": False, "save_strategy": "no", "logging_steps": 1, "cepo_method": method, **extra,
+    }
+    trainer = _Recording(
+        model=AutoModelForImageTextToText.from_pretrained(smoke_model),
+        reward_funcs=[make_math_reward(), first_half_correct], args=CEPOGRPOConfig(**settings),
+        train_dataset=to_conversational(make_geo3k_like(32)),
+        processing_class=AutoProcessor.from_pretrained(smoke_model),
+    )
+    trainer.generated = []
+    trainer.train()
+    trainer.initial_model = AutoModelForImageTextToText.from_pretrained(smoke_model).eval()  # round 0's weights
+    return trainer
+
+
+def _score(trainer: _Recording, gen: dict, hints: list[str], template: str) -> torch.Tensor:
+    out = gen["output"]
+    inputs = build_teacher_inputs(trainer.processing_class, gen["prompts"], hints, out["completion_ids"],
+                                  out["completion_mask"], gen["images"], template=template)
+    return teacher_logprobs(trainer.initial_model, inputs)
+
+
+@pytest.mark.parametrize("method", ["opsd", "sdpo"])
+def test_self_distillation_advantages(method: str, smoke_model: Path, tmp_path: Path) -> None:
+    """OPSD: every rollout (A = 0 too) distils towards the r+ teacher; SDPO: towards the teacher shown a successful
+    peer rollout of its group (none for a group's only success). Pure distillation (w = 1): A_t = log P_T - log P_S."""
+    trainer = _train(method, smoke_model, tmp_path)
+    gen = trainer.generated[0]
+    out, rewards = gen["output"], gen["rewards"]
+    student = _score(trainer, gen, [""] * len(rewards), STUDENT_TEMPLATE)
+    if method == "opsd":
+        has_teacher = torch.ones(len(rewards), dtype=torch.bool)
+        teacher = _score(trainer, gen, [str(a) for a in gen["answers"]], CEPOConfig().teacher_template)
+    else:
+        demos = demonstration_rows(rewards, [i // 4 for i in range(len(rewards))])
+        has_teacher = torch.tensor([d is not None for d in demos])
+        teacher = _score(trainer, gen, [gen["texts"][d] if d is not None else "" for d in demos], SDPO_TEMPLATE)
+        calls = [c for c in trainer.teacher_calls if c["kind"] == "demo"]
+        assert [c["hint"] for c in calls] == [gen["texts"][d] for d in demos if d is not None]
+    assert has_teacher.any()
+    credit = CreditInputs(group_advantages(rewards, [i // 4 for i in range(len(rewards))]), out["completion_mask"], 0.0,
+                          0.5, logp_student=student, logp_pos=teacher, logp_demo=teacher, has_teacher=has_teacher,
+                          options={"distill_weight": 1.0})
+    expected, _ = compute_token_advantages(method, credit)
+    torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-5)
+    assert bool((out["advantages"] != 0).any())
+
+
+def test_conspo_advantages(smoke_model: Path, tmp_path: Path) -> None:
+    """ConSPO: sequence advantages from the rollout policy's length-normalised log-probs of every rollout."""
+    trainer = _train("conspo", smoke_model, tmp_path)
+    gen = trainer.generated[0]
+    out, rewards = gen["output"], gen["rewards"]
+    mask = out["completion_mask"]
+    student = _score(trainer, gen, [""] * len(rewards), STUDENT_TEMPLATE)
+    options = CEPOConfig().credit_options(progress=0.0)
+    assert options["margin"] == 0.0  # the margin curriculum starts at 0
+    adv = sequence_advantages("conspo", rewards, [i // 4 for i in range(len(rewards))],
+                              scores=conspo_scores(student, mask), options=options)
+    expected, _ = compute_token_advantages("conspo", CreditInputs(adv, mask, 0.0, 0.5, num_tokens=int(mask.sum())))
+    torch.testing.assert_close(out["advantages"], expected, rtol=1e-3, atol=1e-4)
+    assert bool((out["advantages"] != 0).any())
+
+
+def test_conspo_needs_one_update_per_rollout(smoke_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs one optimizer step per generation round"):
+        _train("conspo", smoke_model, tmp_path, per_device_train_batch_size=8, steps_per_generation=2)
