@@ -7,11 +7,18 @@ from cepo.algorithms.advantages import group_advantages
 from cepo.algorithms.conspo import conspo_coefficients, conspo_loss, conspo_margin, conspo_scores
 from cepo.algorithms.credit import (
     CREDIT_REGISTRY,
+    HINT_KINDS,
+    METHODS,
     TEACHER_PASSES,
     CreditInputs,
+    MethodSpec,
+    TeacherPlan,
     compute_token_advantages,
     get_credit_fn,
-    register_credit,
+    get_method,
+    plan_teacher_passes,
+    register_method,
+    sequence_advantages,
     teacher_passes,
 )
 from cepo.algorithms.divergence import (
@@ -28,15 +35,24 @@ from cepo.algorithms.ema import ema_update_
 from cepo.algorithms.evidence import contrastive_delta, evidence_weights, modulate_advantages, rlsd_delta
 from cepo.algorithms.metrics import credit_metrics
 from cepo.algorithms.policy_loss import ppo_clip_loss
-from cepo.algorithms.references import NEGATIVE_REFERENCES, negative_hints, select_negative_reference
+from cepo.algorithms.references import (
+    NEGATIVE_REFERENCES,
+    demonstration_rows,
+    negative_hints,
+    select_negative_reference,
+)
 from cepo.algorithms.schedules import LambdaSchedule, constant_lambda, linear_lambda
 
 __all__ = [
     "CREDIT_REGISTRY",
+    "HINT_KINDS",
+    "METHODS",
     "NEGATIVE_REFERENCES",
     "TEACHER_PASSES",
     "CreditInputs",
     "LambdaSchedule",
+    "MethodSpec",
+    "TeacherPlan",
     "compute_token_advantages",
     "conspo_coefficients",
     "conspo_loss",
@@ -45,21 +61,25 @@ __all__ = [
     "constant_lambda",
     "contrastive_delta",
     "credit_metrics",
+    "demonstration_rows",
     "divergence_on_teacher_topk",
     "ema_update_",
     "evidence_weights",
     "gather_support",
     "get_credit_fn",
+    "get_method",
     "group_advantages",
     "linear_lambda",
     "modulate_advantages",
     "negative_hints",
+    "plan_teacher_passes",
     "ppo_clip_loss",
-    "register_credit",
+    "register_method",
     "renormalize",
     "rlsd_delta",
     "sampled_token_advantage",
     "select_negative_reference",
+    "sequence_advantages",
     "teacher_passes",
     "token_divergence",
     "topk_divergence",
