@@ -42,7 +42,7 @@ def _one_error_line(err: str, command: str = "train") -> str:
 
 def _train(tiny_vl: Path, data: Path | str, tmp_path: Path, *extra: str, cli: tuple[str, ...] = ()) -> int:
     """`cepo train` on the tiny model: ``cli`` options, then small-run overrides, then ``extra`` overrides."""
-    from cepo.integrations.verl.hydra_config import configs_dir
+    from cepo.recipes import configs_dir
 
     overrides = [
         f"actor_rollout_ref.model.path={tiny_vl}",

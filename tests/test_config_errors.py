@@ -136,7 +136,7 @@ def test_verl_cfg_job_validates_before_printing(in_tmp, capsys, overrides, fragm
 def test_verl_unknown_config_name(in_tmp, capsys):
     code, _, err = _verl_main(["--config-name", "cepoo"], capsys)
     line = _one_line(err)
-    assert code == 2 and "cepoo.yaml" in line and str(PACKAGE_CONFIGS_DIR) in line and "cepo, grpo" in line
+    assert code == 2 and "cepoo.yaml" in line and str(PACKAGE_CONFIGS_DIR) in line and "cepo, conspo, grpo" in line
 
 
 @pytest.mark.parametrize("engine", ["verl", "trl"])
@@ -213,8 +213,8 @@ def test_verl_run_puts_hydra_folder_in_the_run_dir(in_tmp, capsys, monkeypatch):
 
 def test_full_error_env_keeps_the_traceback(in_tmp, monkeypatch):
     """HYDRA_FULL_ERROR=1 (set by the user) still gives the full exception, for debugging."""
-    from cepo.integrations.verl.hydra_config import ConfigError
     from cepo.integrations.verl.main import main
+    from cepo.recipes import ConfigError
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     monkeypatch.setattr(sys, "argv", ["main.py", "cepo.eps=0.3"])

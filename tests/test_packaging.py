@@ -32,7 +32,7 @@ def test_wheel_ships_configs_and_composes(tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "from cepo.integrations.verl.hydra_config import compose_method_config, configs_dir;"
+        "from cepo.recipes import compose_method_config, configs_dir;"
         "cfg = compose_method_config('rlsd', ['cepo.eps_w=0.2']);"
         "print(configs_dir()); print(cfg.cepo.method, cfg.cepo.eps_w, cfg.actor_rollout_ref.model.lora_rank)"
     )

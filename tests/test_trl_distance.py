@@ -64,7 +64,7 @@ def test_paper_batch_layout_maps_onto_trl() -> None:
     """The paper's batch (32 prompts x 8 = 256 rollouts per training step, 2 optimizer steps of 16 prompts, micro
     4, 1 epoch, gradient checkpointing, 50 steps with 5 warm-up steps) becomes the same layout on TRL."""
     from cepo.integrations.trl.from_config import trl_args, trl_batch_layout
-    from cepo.integrations.verl.hydra_config import compose_method_config
+    from cepo.recipes import compose_method_config
 
     cfg = compose_method_config("cepo")
     for processes in (1, 2, 8):

@@ -185,7 +185,7 @@ def test_bad_input_fails_before_training(smoke_model: Path, tmp_path: Path, caps
 
 def test_cepo_train_from_method_yaml(smoke_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`cepo train --config configs/cepo.yaml` composes the verl YAML and trains on TRL."""
-    from cepo.integrations.verl.hydra_config import configs_dir
+    from cepo.recipes import configs_dir
     from cepo.testing import write_geo3k_parquet
 
     data = write_geo3k_parquet(tmp_path / "data", n_train=8, n_test=4)
@@ -238,7 +238,7 @@ def test_cepo_train_text_only_model(tmp_path: Path) -> None:
     """`cepo train` loads a text-only causal LM with its tokenizer and trains on a dataset without images
     (the random tiny LM earns no reward, so this covers loading, data and saving; the text teacher path is
     covered by tests/test_teacher.py)."""
-    from cepo.integrations.verl.hydra_config import configs_dir
+    from cepo.recipes import configs_dir
     from cepo.testing import save_tiny_text_lm
 
     model = save_tiny_text_lm(tmp_path / "lm")

@@ -18,6 +18,7 @@ from cepo.algorithms.credit import (
     get_method,
     plan_teacher_passes,
     register_method,
+    rollout_scores,
     sequence_advantages,
     teacher_passes,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "register_method",
     "renormalize",
     "rlsd_delta",
+    "rollout_scores",
     "sampled_token_advantage",
     "select_negative_reference",
     "sequence_advantages",

@@ -278,6 +278,19 @@ def conspo_credit(inputs: CreditInputs) -> tuple[torch.Tensor, None]:
     return torch.where(mask, per_token, torch.zeros_like(per_token)), None
 
 
+def rollout_scores(logp: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) length-normalised sequence log-probs (:func:`cepo.algorithms.conspo.conspo_scores`), NaN for a row with
+    no response token (a padding row, or a completion masked out): such rows take no part in ConSPO's groups."""
+    from cepo.algorithms.conspo import conspo_scores
+
+    mask = as_bool_mask("response_mask", response_mask)
+    rows = mask.any(-1)
+    out = torch.full((mask.shape[0],), float("nan"), dtype=logp.dtype, device=logp.device)
+    if rows.any():
+        out[rows] = conspo_scores(logp[rows], mask[rows])
+    return out
+
+
 def sequence_advantages(
     method: str,
     rewards: torch.Tensor,
@@ -287,7 +300,8 @@ def sequence_advantages(
     options: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
     """(N,) sequence advantages of a whole batch for ``method``: Eq. 1 (NaN rewards = unscorable, advantage 0), or
-    ConSPO's ``-dL/ds`` at the rollout policy from the sequence scores ``scores`` (N,) (length-normalised P_S)."""
+    ConSPO's ``-dL/ds`` at the rollout policy from the sequence scores ``scores`` (N,) (:func:`rollout_scores` of
+    P_S; rows with a NaN reward or score take no part and get 0)."""
     spec = get_method(method)
     if spec.sequence_advantage == "grpo":
         return group_advantages(rewards, group_ids, norm_by_std=norm_by_std, skip_nan=True)
@@ -296,7 +310,7 @@ def sequence_advantages(
     if scores is None:
         raise ValueError(f"method {method!r} needs the sequence scores of every rollout (its P_S)")
     opts = dict(options or {})
-    scored = ~torch.isnan(rewards)
+    scored = ~torch.isnan(rewards) & ~torch.isnan(scores)
     out = torch.zeros_like(scores)
     index = torch.nonzero(scored).flatten()
     if index.numel():

@@ -12,16 +12,25 @@ from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 import cepo.integrations.verl.estimators  # noqa: F401
-from cepo.algorithms import CreditInputs, compute_token_advantages
+from cepo.algorithms import (
+    CreditInputs,
+    compute_token_advantages,
+    group_advantages,
+    plan_teacher_passes,
+    rollout_scores,
+    sequence_advantages,
+)
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
+    DEMO_KEY,
     HAS_NEG_KEY,
+    HAS_TEACHER_KEY,
     NEG_KEY,
     POS_KEY,
     apply_token_credit,
-    choose_hints,
     ground_truths_of,
 )
+from cepo.rewards import extract_answer
 
 B, T = 8, 6
 
@@ -124,23 +133,56 @@ def test_missing_teacher_field_is_named():
         apply_token_credit(data, CEPOConfig(method="rlsd"), step=0)
 
 
-def test_choose_hints_lowest_reward_rejected_with_answer():
+def test_hints_from_decoded_responses():
+    """The verl trainer's r- comes from the decoded responses through cepo.algorithms' plan (never "None")."""
     responses = [r"so \boxed{12}", r"\boxed{7}", "no box at all", r"\boxed{9}",  # group a
                  r"\boxed{3}", r"\boxed{3}"]  # group b: all correct
     scores = [1.0, 0.1, 0.0, 0.1, 1.0, 1.0]
     uids = ["a", "a", "a", "a", "b", "b"]
-    pos, neg, has = choose_hints(responses, scores, uids, ["12"] * 4 + ["3"] * 2, CEPOConfig())
-    assert pos == ["12"] * 4 + ["3"] * 2
+    answers = [extract_answer(r) for r in responses]
+    adv = group_advantages(torch.tensor(scores), uids)
+    plan = plan_teacher_passes("cepo", 0.5, range(6), adv, scores, uids, ["12"] * 4 + ["3"] * 2, answers, responses)
     # the unboxed rollout has the lowest reward but no answer: skipped, never "None"; ties -> first row
-    assert neg[:4] == ["7"] * 4 and has[:4] == [True] * 4
-    assert neg[4:] == [None, None] and has[4:] == [False, False]
-    # cepo.negative_reference=own_answer: each rejected rollout with an answer contrasts with its own
-    own_answer = CEPOConfig(negative_reference="own_answer")
-    _, own, _ = choose_hints(responses, scores, uids, ["12"] * 4 + ["3"] * 2, own_answer)
-    assert own == ["7", "7", "7", "9", None, None]
+    assert plan.jobs == [(k, i, h) for i in range(4) for k, h in (("pos", "12"), ("neg", "7"))]
+    assert plan.has_negative == [True] * 4 + [False] * 2
+    own = plan_teacher_passes("cepo", 0.5, range(6), adv, scores, uids, ["12"] * 4 + ["3"] * 2, answers, responses,
+                              negative_reference="own_answer")
+    assert [h for k, _, h in own.jobs if k == "neg"] == ["7", "7", "7", "9"]
 
 
 def test_ground_truth_missing_names_row():
     assert ground_truths_of([{"ground_truth": "3"}]) == ["3"]
     with pytest.raises(ValueError, match="row 1"):
         ground_truths_of([{"ground_truth": "3"}, {"ground_truth": ""}])
+
+
+@pytest.mark.parametrize("method", ["opsd", "sdpo"])
+def test_self_distillation_through_verl(method):
+    """OPSD / SDPO on verl: verl's estimator gives Eq. 1, the trainer then writes the sampled-token distillation
+    advantages sg(log P_T - log P_S) on the rows whose teacher was scored."""
+    data = compute_advantage(_batch(), adv_estimator=method, num_repeat=4, config=_algo())
+    key = POS_KEY if method == "opsd" else DEMO_KEY
+    data.batch[DEMO_KEY] = data.batch[POS_KEY].flip(0)
+    data.non_tensor_batch[HAS_TEACHER_KEY] = np.array([True, False] * 4)
+    metrics = apply_token_credit(data, CEPOConfig(method=method), step=30)  # no lambda: distils at every step
+    mask = data.batch["response_mask"].bool()
+    teacher = torch.tensor([True, False] * 4).unsqueeze(-1) & mask
+    expected = torch.where(teacher, data.batch[key] - data.batch["old_log_probs"], torch.zeros(B, T))
+    torch.testing.assert_close(data.batch["advantages"], expected)
+    assert metrics["cepo/has_teacher_frac"] == 0.5
+
+
+def test_conspo_through_verl():
+    """ConSPO on verl: its sequence advantage from the rewards, groups and old log-probs, spread over each
+    response for verl's token-mean loss."""
+    data = compute_advantage(_batch(), adv_estimator="conspo", num_repeat=4, config=_algo())
+    data.batch["rm_scores"] = data.batch["token_level_rewards"].clone()
+    apply_token_credit(data, CEPOConfig(method="conspo"), step=0, progress=0.5)
+    mask = data.batch["response_mask"]
+    rewards = (data.batch["token_level_rewards"] * mask).sum(-1)
+    options = CEPOConfig(method="conspo").credit_options(0.5)
+    seq = sequence_advantages("conspo", rewards, list(data.non_tensor_batch["uid"]),
+                              scores=rollout_scores(data.batch["old_log_probs"], mask), options=options)
+    lengths = mask.sum(-1, keepdim=True)
+    torch.testing.assert_close(data.batch["advantages"], seq.unsqueeze(-1) * int(mask.sum()) / lengths * mask)
+    assert data.batch["advantages"][:4].abs().sum() > 0 and (data.batch["advantages"][4:] == 0).all()  # b: no negative

@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("verl")
 
-from cepo.integrations.verl.hydra_config import compose_method_config
+from cepo.recipes import compose_method_config
 
 
 def _actor(tiny_vl_dir):

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from cepo.config import CEPOConfig
-from cepo.integrations.verl.hydra_config import (
+from cepo.integrations.verl.main import check_engine_config
+from cepo.recipes import (
     CONFIGS_DIR,
     TRAINER_MODE,
     ConfigError,
@@ -19,9 +20,8 @@ from cepo.integrations.verl.hydra_config import (
     configs_dir,
     reward_function_path,
 )
-from cepo.integrations.verl.main import check_engine_config
 
-METHODS = ("grpo", "rlsd", "cepo")
+METHODS = ("grpo", "rlsd", "cepo", "opsd", "sdpo", "conspo")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,8 @@ def test_paper_shared_setup(composed):
         assert arr.rollout.n == 8 and cfg.data.train_batch_size == 32
         assert cfg.data.max_response_length == 2048 and cfg.trainer.total_training_steps == 50
         assert arr.actor.optim.lr_scheduler_type == "cosine" and arr.actor.optim.lr_warmup_steps == 5
-        assert arr.actor.optim.lr == (5e-6 if method == "cepo" else 1e-6)
+        assert arr.actor.optim.lr == {"cepo": 5e-6, "conspo": 2e-6}.get(method, 1e-6)  # CEPO's and ConSPO's papers
+        assert arr.actor.ppo_mini_batch_size == (32 if method == "conspo" else 16)  # ConSPO: one step per rollout
         assert "Qwen3-VL" in arr.model.path
         assert (cfg.data.prompt_key, cfg.data.image_key) == ("prompt", "images")
     cepo = composed["cepo"].cepo

@@ -19,6 +19,9 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
     ("train_cepo_qwen3vl_4b.sh", "cepo", "Qwen/Qwen3-VL-4B-Instruct"),
     ("train_grpo_qwen3vl_2b.sh", "grpo", "Qwen/Qwen3-VL-2B-Instruct"),
     ("train_rlsd_qwen3vl_2b.sh", "rlsd", "Qwen/Qwen3-VL-2B-Instruct"),
+    ("train_opsd_qwen3vl_2b.sh", "opsd", "Qwen/Qwen3-VL-2B-Instruct"),
+    ("train_sdpo_qwen3vl_2b.sh", "sdpo", "Qwen/Qwen3-VL-2B-Instruct"),
+    ("train_conspo_qwen3vl_2b.sh", "conspo", "Qwen/Qwen3-VL-2B-Instruct"),
 ])
 def test_train_script_composes(tmp_path, script, method, model):
     (tmp_path / "train.parquet").touch()

@@ -139,7 +139,7 @@ def test_image_count_mismatch_is_reported(vl_processor, geo_rows):
 def test_reward_function_through_verl_loader():
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    from cepo.integrations.verl.hydra_config import compose_method_config
+    from cepo.recipes import compose_method_config
 
     cfg = compose_method_config("cepo", ["cepo.reward.format_weight=0.2", "cepo.reward.accuracy_weight=0.8"])
     fn = get_custom_reward_fn(cfg)

@@ -42,10 +42,19 @@ import torch
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
-from cepo.algorithms import CreditInputs, compute_token_advantages, group_advantages  # noqa: E402
-from cepo.integrations.verl.credit import HAS_NEG_KEY, NEG_KEY, POS_KEY, choose_hints  # noqa: E402
-from cepo.integrations.verl.hydra_config import cepo_config_from, compose_method_config  # noqa: E402
+from cepo.algorithms import (  # noqa: E402
+    CreditInputs,
+    compute_token_advantages,
+    demonstration_rows,
+    group_advantages,
+    negative_hints,
+    rollout_scores,
+    sequence_advantages,
+)
+from cepo.integrations.verl.credit import DEMO_KEY, HAS_NEG_KEY, NEG_KEY, POS_KEY  # noqa: E402
 from cepo.integrations.verl.trainer import TEACHER_PARTITION, CEPOTrainerSync  # noqa: E402
+from cepo.recipes import cepo_config_from, compose_method_config  # noqa: E402
+from cepo.rewards import extract_answer  # noqa: E402
 from cepo.teacher import build_teacher_inputs, teacher_logprobs  # noqa: E402
 
 N = 4  # rollouts per prompt
@@ -104,8 +113,8 @@ def verl_cpu(tmp_path_factory):
             mp.undo()
 
 
-def _config(tiny_vl_dir, overrides=()):
-    return compose_method_config("cepo", [
+def _config(tiny_vl_dir, overrides=(), method="cepo"):
+    return compose_method_config(method, [
         f"actor_rollout_ref.model.path={tiny_vl_dir}",
         "actor_rollout_ref.model.use_remove_padding=false",
         "actor_rollout_ref.actor.use_torch_compile=false",
@@ -265,8 +274,9 @@ def test_teacher_pass_and_token_advantages_through_verl_workers(verl_cpu, tiny_v
                           select_fields=["advantages", "returns", "old_log_probs", POS_KEY, NEG_KEY, HAS_NEG_KEY])
     resp = _padded(r["response_ids"] for r in rows).long()
     mask = _padded(torch.ones_like(r["response_ids"]) for r in rows).long()
-    pos, neg, has_neg = choose_hints([r["text"] for r in rows], [r["score"] for r in rows],
-                                     [r["uid"] for r in rows], [r["answer"] for r in rows], trainer.cepo)
+    pos = [r["answer"] for r in rows]
+    neg, has_neg = negative_hints([extract_answer(r["text"]) for r in rows], [r["score"] for r in rows],
+                                  [r["uid"] for r in rows])
     assert neg[:N] == ["7"] * N and has_neg == [True] * N + [False] * N  # lowest-reward rejected with an answer
     assert out[HAS_NEG_KEY].tolist() == has_neg
 
@@ -339,3 +349,55 @@ def test_zero_advantage_group_gets_no_teacher_rows(verl_cpu, tiny_vl_dir, vl_pro
     out = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["advantages"])
     advantages = _padded(out["advantages"].unbind())
     assert torch.all(advantages[N:] == 0) and advantages[:N].abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["opsd", "sdpo", "conspo"])
+def test_loss_level_methods_through_verl_workers(method, verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo):
+    """OPSD / SDPO / ConSPO through the same two overrides: the teacher rows their declarations ask for (OPSD: r+ on
+    every rollout; SDPO: a successful peer rollout; ConSPO: none) are scored by the workers, and the advantages equal
+    an independent computation (cepo.teacher forwards + cepo.algorithms) on the same rollouts."""
+    cfg = _config(tiny_vl_dir, method=method)
+    wg = _worker_group(cfg, vl_model)
+    meta, rows = _put_rollouts(vl_processor, vl_processor.tokenizer, geo, method)
+    trainer = _trainer(cfg, vl_processor, wg, global_steps=1)
+    metrics: dict = {}
+    meta = trainer._compute_advantage(trainer._compute_old_log_prob(meta, metrics), metrics)
+
+    out = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["advantages", "old_log_probs"])
+    advantages, student = _padded(out["advantages"].unbind()), _padded(out["old_log_probs"].unbind())
+    resp = _padded(r["response_ids"] for r in rows).long()
+    mask = _padded(torch.ones_like(r["response_ids"]) for r in rows).long()
+    messages, images = [r["messages"] for r in rows], [[r["image"]] for r in rows]
+    scores, groups = torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows]
+    options = trainer.cepo.credit_options(0.0)
+    if method == "conspo":
+        assert [partition for partition, _ in wg.log_prob_calls] == ["train"]  # no teacher pass
+        seq = sequence_advantages("conspo", scores, groups, scores=rollout_scores(student, mask),
+                                  options={**options, "threshold": 0.5})
+        expected, _ = compute_token_advantages("conspo", CreditInputs(seq, mask, 0.0, 0.5, num_tokens=int(mask.sum())))
+        torch.testing.assert_close(advantages, expected.float(), rtol=1e-4, atol=1e-4)
+        assert advantages.abs().sum() > 0
+        return
+    if method == "opsd":
+        hints, template, has = [r["answer"] for r in rows], trainer.cepo.teacher_template, [True] * len(rows)
+    else:
+        demos = demonstration_rows(scores, groups)
+        hints = [rows[d]["text"] if d is not None else "" for d in demos]
+        template, has = trainer.cepo.distill.demo_template, [d is not None for d in demos]
+    keys = wg.log_prob_calls[1][1]
+    assert sum(not k.split("::")[-1].startswith("pad") for k in keys) == sum(has) > 0
+    key = POS_KEY if method == "opsd" else DEMO_KEY
+    stored = _padded(tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=[key])[key].unbind())
+    # the advantages are the distillation advantages of the stored teacher and student log-probs ...
+    inputs = CreditInputs(group_advantages(scores, groups), mask, 0.5, 0.5, logp_student=student, logp_pos=stored,
+                          logp_demo=stored, has_teacher=torch.tensor(has), options=options)
+    expected, _ = compute_token_advantages(method, inputs)
+    torch.testing.assert_close(advantages, expected.float(), rtol=1e-5, atol=1e-6)
+    assert advantages.abs().sum() > 0
+    # ... and the stored teacher log-probs are the method's teacher contexts (hints, template, image), scored
+    # directly. Group 0's rows only: the workers' log-probs of group 1, whose 4 rows are all 6 tokens long, are
+    # off on this CPU path for the student pass too (tests/verl/test_verl_equal_length.py).
+    direct = teacher_logprobs(vl_model, build_teacher_inputs(vl_processor, messages[:N], hints[:N], resp[:N],
+                                                             mask[:N], images[:N], template=template))
+    teacher_rows = torch.tensor(has[:N])
+    torch.testing.assert_close(stored[:N][teacher_rows], direct[teacher_rows], rtol=1e-4, atol=1e-4)

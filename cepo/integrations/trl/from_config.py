@@ -1,7 +1,7 @@
 """``cepo train --config configs/<method>.yaml``: the verl method YAML, run on the TRL engine.
 
 The YAML is composed exactly as the verl entry point composes it (Hydra, verl's base config
-on the search path, ``cepo.integrations.verl.hydra_config.compose_method_config``), then the
+on the search path, ``cepo.recipes.compose_method_config``), then the
 standard verl keys below are mapped to ``CEPOGRPOConfig``; the ``cepo:`` block maps one to one.
 
 | verl key                                        | TRL field                                             |
@@ -58,7 +58,7 @@ def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
 
 def compose(config: str | Path, overrides: list[str] | None = None) -> DictConfig:
     """Compose a method YAML given by path (it must live in the cepo ``configs/`` directory)."""
-    from cepo.integrations.verl.hydra_config import compose_method_config, configs_dir
+    from cepo.recipes import compose_method_config, configs_dir
 
     path = Path(config)
     if not path.is_file():

@@ -39,9 +39,9 @@ from trl.models.utils import disable_gradient_checkpointing
 from cepo.algorithms import (
     CreditInputs,
     compute_token_advantages,
-    conspo_scores,
     get_method,
     plan_teacher_passes,
+    rollout_scores,
     sequence_advantages,
     teacher_passes,
 )
@@ -188,7 +188,7 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if method.sequence_advantage == "conspo":  # the sequence scores of every rollout, gathered
             if logp_student is None:
                 logp_student = self._student_logps(output, list(range(n_local)))
-            scores = self.accelerator.gather(conspo_scores(logp_student.float(), mask)).float().cpu()
+            scores = self.accelerator.gather(rollout_scores(logp_student.float(), mask)).float().cpu()
         advantages = sequence_advantages(method.name, rewards, group_ids, norm_by_std=self.scale_rewards != "none",
                                          scores=scores, options=options)
         credit = CreditInputs(

@@ -1,10 +1,11 @@
-"""verl advantage estimators ``cepo`` and ``rlsd`` (registered with ``register_adv_est``).
+"""verl advantage estimators for every non-GRPO method (``rlsd``, ``cepo``, ``opsd``, ``sdpo``, ``conspo``),
+registered with ``register_adv_est``.
 
 A registered verl estimator only receives the rewards, the response mask, the group ids and
-``algorithm`` config, so it cannot see any log-prob. Both estimators therefore return the GRPO group
-advantage of paper Eq. 1 broadcast over the response; the token modulation of Eq. 4 (RLSD) / Eq. 7
-(CEPO) is applied afterwards by the trainer (``cepo.integrations.verl.credit.apply_token_credit``),
-around verl's ``compute_advantage``. With ``lam = 0`` both are exactly GRPO.
+``algorithm`` config, so it cannot see any log-prob. The estimators therefore return the GRPO group
+advantage of paper Eq. 1 broadcast over the response; the method's token advantages (Eq. 4 / Eq. 7, the
+distillation advantage, ConSPO's score gradient) are applied afterwards by the trainer
+(``cepo.integrations.verl.credit.apply_token_credit``), around verl's ``compute_advantage``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 
-from cepo.algorithms import group_advantages
+from cepo.algorithms import METHODS, group_advantages
 
 GRPO_EPS = 1e-6
 """verl's ``compute_grpo_outcome_advantage`` epsilon."""
@@ -45,5 +46,6 @@ def _register(name: str) -> None:
         register_adv_est(name)(group_outcome_advantage)
 
 
-for _name in ("cepo", "rlsd"):
-    _register(_name)
+for _name in sorted(METHODS):
+    if _name != "grpo":  # verl's own
+        _register(_name)

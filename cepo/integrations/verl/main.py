@@ -1,7 +1,7 @@
 """Entry point: ``python -m cepo.integrations.verl.main --config-name cepo [hydra overrides]``.
 
 Hydra composes ``configs/<name>.yaml`` with verl's own ``ppo_trainer`` config on the search path (the
-same composition as :func:`cepo.integrations.verl.hydra_config.compose_method_config`), so every verl
+same composition as :func:`cepo.recipes.compose_method_config`), so every verl
 override and Hydra flag works (``--cfg job``, ``--config-name grpo|rlsd|cepo``, ``cepo.lam0=0.3``, ``--help``).
 The config is validated at start-up, then verl's own ``run_ppo`` starts Ray and a task runner that uses our
 ``cepo_sync`` v1 trainer.
@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from cepo.integrations.verl.hydra_config import (
+from cepo.recipes import (
     TRAINER_MODE,
     ConfigError,
     compose_method_config,

@@ -1,17 +1,19 @@
-"""verl v1 trainer with the CEPO/RLSD teacher passes (``trainer.v1.trainer_mode=cepo_sync``).
+"""verl v1 trainer with the teacher passes of RLSD, CEPO, OPSD and SDPO (``trainer.v1.trainer_mode=cepo_sync``).
 
 Target: verl 0.9.x's recommended v1 trainer (``trainer.use_v1=True``, the default; the legacy
 ``RayPPOTrainer`` is deprecated). :class:`CEPOTrainerSync` is verl's ``PPOTrainerSync`` with two
 overrides around its ``_step_once`` pipeline (reward -> balance -> old log-probs -> advantage -> update):
 
-* ``_compute_old_log_prob``: after the student pass (P_S = ``old_log_probs``), choose r+/r- per rollout
-  (``credit.choose_hints``), build the teacher rows (``teacher_batch``) and score **r+ and r- rows in one
-  ``actor_rollout_wg.compute_log_prob`` call** on the actor's own FSDP workers (same sharding,
-  micro-batching, dynamic batch and remove-padding as the old log-probs; the teacher weights are the
-  actor's, with the LoRA adapter on). Results go back to the student rows as ``teacher_pos_log_probs``,
-  ``teacher_neg_log_probs`` and ``cepo_has_negative``. Skipped once lambda = 0 (the advantage is GRPO).
-* ``_compute_advantage``: verl's own advantage (our registered ``cepo``/``rlsd`` estimator = Eq. 1), then
-  the token modulation of Eq. 4/7 (``credit.apply_token_credit``), written back as ``advantages``.
+* ``_compute_old_log_prob``: after the student pass (P_S = ``old_log_probs``), the method's declaration
+  (``cepo.algorithms.plan_teacher_passes``) says which teacher contexts each rollout needs (r+, r-, a successful
+  peer rollout); the rows are built by ``teacher_batch`` and scored **in one ``actor_rollout_wg.compute_log_prob``
+  call** on the actor's own FSDP workers (same sharding, micro-batching, dynamic batch and remove-padding as the
+  old log-probs; the teacher weights are the actor's, with the LoRA adapter on). Results go back to the student
+  rows as ``teacher_{pos,neg,demo}_log_probs``, ``cepo_has_negative`` and ``cepo_has_teacher``. Skipped when the
+  method needs no teacher this step (GRPO, ConSPO; RLSD/CEPO once lambda = 0).
+* ``_compute_advantage``: verl's own advantage (our registered estimators = Eq. 1), then the method's token
+  advantages (``credit.apply_token_credit``: Eq. 4/7, the sampled-token distillation advantage, or ConSPO's
+  score gradient), written back as ``advantages``.
 
 Teacher rows live in their own TransferQueue partition (:data:`TEACHER_PARTITION`) with the same
 per-sample fields as rollout samples, padded with 2-token no-op rows to a multiple of dp x
@@ -35,19 +37,19 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-import cepo.integrations.verl.estimators  # noqa: F401  (registers the cepo/rlsd estimators)
-from cepo.algorithms import group_advantages, teacher_passes
+import cepo.integrations.verl.estimators  # noqa: F401  (registers our estimators)
+from cepo.algorithms import get_method, group_advantages, plan_teacher_passes, teacher_passes
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
     HAS_NEG_KEY,
-    NEG_KEY,
-    POS_KEY,
+    HAS_TEACHER_KEY,
+    KIND_KEYS,
     apply_token_credit,
-    choose_hints,
     ground_truths_of,
 )
-from cepo.integrations.verl.hydra_config import TRAINER_MODE, cepo_config_from
 from cepo.integrations.verl.teacher_batch import build_teacher_rows, nested_row_fields
+from cepo.recipes import TRAINER_MODE, cepo_config_from
+from cepo.rewards import extract_answer
 
 TEACHER_PARTITION = "cepo_teacher"
 
@@ -132,9 +134,9 @@ class CEPOTrainerSync(PPOTrainerSync):
     # ----------------------------------------------------------------------------------------------
     def _compute_old_log_prob(self, batch: Any, metrics: dict) -> Any:
         batch = super()._compute_old_log_prob(batch, metrics)
-        passes = self._cepo_passes()
+        kinds = self._cepo_passes()
         self._cepo_teacher_seconds = None
-        if not passes:
+        if not kinds:
             return batch
         start = time.perf_counter()
         fields = ["uid", "responses", "response_mask", "rm_scores", "raw_prompt", "reward_model", "multi_modal_inputs"]
@@ -143,53 +145,47 @@ class CEPOTrainerSync(PPOTrainerSync):
         is_pad = [bool(tag.get("is_padding", False)) for tag in batch.tags]
         real = [i for i in range(n) if not is_pad[i]]
         responses = [data["responses"][i] for i in range(n)]
-        scores = [float(data["rm_scores"][i].sum()) for i in range(n)]
+        scores = [float(data["rm_scores"][real[j]].sum()) for j in range(len(real))]
         uids = [str(u) for u in _as_list(data["uid"])]
+        uids = [uids[i] for i in real]
         raw_prompts = list(data["raw_prompt"])
         reward_model = list(data["reward_model"])
         mm_inputs = list(data["multi_modal_inputs"]) if "multi_modal_inputs" in data.keys() else [None] * n  # noqa: SIM118
         texts = self.tokenizer.batch_decode([responses[i].tolist() for i in real], skip_special_tokens=True)
         gts = ground_truths_of([reward_model[i] for i in real], labels=[f"rollout {batch.keys[i]}" for i in real])
-        real_scores, real_uids = [scores[i] for i in real], [uids[i] for i in real]
-        pos, neg, has_neg = choose_hints(texts, real_scores, real_uids, gts, self.cepo)
-
-        # rows with A = 0 (all rewards of the group equal) get A_t = 0 whatever the teacher says: skip them
         norm = bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True))
-        seq_adv = group_advantages(torch.tensor(real_scores), real_uids, norm_by_std=norm)
+        plan = plan_teacher_passes(
+            self.cepo.method, self.cepo.schedule(self._cepo_step()), range(len(real)),
+            group_advantages(torch.tensor(scores), uids, norm_by_std=norm), scores, uids, gts,
+            answers=[extract_answer(t) for t in texts], texts=texts, neg_threshold=self.cepo.neg_threshold,
+            require_answer=self.cepo.neg_requires_answer, negative_reference=self.cepo.negative_reference,
+            success_threshold=self.cepo.distill.success_threshold,
+        )
+        # every teacher context in one batch: a single call to the actor workers
+        jobs = [(real[j], kind, hint) for kind, j, hint in plan.jobs]  # (batch row, kind, hint)
+        logps = self._teacher_log_probs(batch, jobs, responses, raw_prompts, mm_inputs, kinds) if jobs else []
 
-        # one teacher batch for r+ and r-: a single call to the actor workers
-        jobs: list[tuple[int, str, str]] = []  # (student row, kind, hint)
-        for j, i in enumerate(real):
-            if float(seq_adv[j]) == 0.0:
-                continue
-            if "pos" in passes:
-                jobs.append((i, "pos", pos[j]))
-            if "neg" in passes and has_neg[j]:
-                jobs.append((i, "neg", neg[j]))
-        logps = self._teacher_log_probs(batch, jobs, responses, raw_prompts, mm_inputs) if jobs else []
-
-        pos_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
-        neg_rows = [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)]
+        rows = {kind: [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)] for kind in kinds}
         for (i, kind, _), lp in zip(jobs, logps, strict=True):
             if lp.numel() != responses[i].numel():
                 raise RuntimeError(f"teacher log-probs of rollout {batch.keys[i]} have {lp.numel()} tokens, "
                                    f"the response has {responses[i].numel()}")
-            (pos_rows if kind == "pos" else neg_rows)[i] = lp.float().flatten()
-        flags = torch.zeros(n, dtype=torch.bool)
-        for j, i in enumerate(real):
-            flags[i] = bool(has_neg[j])
-        write = {
-            POS_KEY: torch.nested.as_nested_tensor(pos_rows, layout=torch.jagged),
-            NEG_KEY: torch.nested.as_nested_tensor(neg_rows, layout=torch.jagged),
-            HAS_NEG_KEY: flags,
+            rows[kind][i] = lp.float().flatten()
+        write: dict[str, torch.Tensor] = {
+            KIND_KEYS[kind]: torch.nested.as_nested_tensor(values, layout=torch.jagged) for kind, values in rows.items()
         }
+        for key, values in ((HAS_NEG_KEY, plan.has_negative), (HAS_TEACHER_KEY, plan.has_teacher)):
+            flags = torch.zeros(n, dtype=torch.bool)
+            for j, i in enumerate(real):
+                flags[i] = bool(values[j])
+            write[key] = flags
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(write, batch_size=n))
         self._cepo_teacher_seconds = time.perf_counter() - start
         return batch
 
     def _teacher_log_probs(
         self, batch: Any, jobs: list[tuple[int, str, str]], responses: list[Any], raw_prompts: list[Any],
-        mm_inputs: list[Any],
+        mm_inputs: list[Any], kinds: tuple[str, ...],
     ) -> list[torch.Tensor]:
         """Score every (row, kind, hint) job on the actor workers in one ``compute_log_prob`` call."""
         rope = self._rope_index_fn()
@@ -200,7 +196,7 @@ class CEPOTrainerSync(PPOTrainerSync):
             [hint for _, _, hint in jobs],
             [responses[i] for i, _, _ in jobs],
             [mm_inputs[i] for i, _, _ in jobs],
-            self.cepo.teacher_template,
+            self.cepo.template_for(kinds),
             self.cepo.teacher_sees_image,
             rope,
             self.cepo.teacher_max_prompt_length,
@@ -231,17 +227,25 @@ class CEPOTrainerSync(PPOTrainerSync):
 
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
         batch = super()._compute_advantage(batch, metrics)
-        passes = self._cepo_passes()
+        kinds = self._cepo_passes()
         step = self._cepo_step()
-        if not passes:
+        spec = get_method(self.cepo.method)
+        if not kinds and spec.sequence_advantage == "grpo":
             metrics["cepo/lambda"] = float(self.cepo.schedule(step))
             return batch
-        fields = ["advantages", "returns", "response_mask", "old_log_probs", POS_KEY, NEG_KEY, HAS_NEG_KEY]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        fields = ["advantages", "returns", "response_mask", "old_log_probs", *(KIND_KEYS[k] for k in kinds)]
+        flags = [HAS_NEG_KEY, HAS_TEACHER_KEY] if kinds else []
+        if spec.sequence_advantage == "conspo":
+            fields += ["rm_scores", "uid"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields + flags)
         response_mask = data["response_mask"]
-        has_neg = np.asarray(data.pop(HAS_NEG_KEY).tolist(), dtype=bool)
-        proto = DataProto(batch=data.to_padded_tensor(), non_tensor_batch={HAS_NEG_KEY: has_neg})
-        metrics.update(apply_token_credit(proto, self.cepo, step, teacher_seconds=self._cepo_teacher_seconds))
+        non_tensor = {key: np.asarray(data.pop(key).tolist(), dtype=bool) for key in flags}
+        if "uid" in fields:
+            non_tensor["uid"] = np.asarray([str(u) for u in _as_list(data.pop("uid"))], dtype=object)
+        proto = DataProto(batch=data.to_padded_tensor(), non_tensor_batch=non_tensor)
+        total = int(self.config.trainer.get("total_training_steps") or 1)
+        metrics.update(apply_token_credit(proto, self.cepo, step, teacher_seconds=self._cepo_teacher_seconds,
+                                          progress=step / max(1, total)))
         output = {k: response_to_nested(proto.batch[k], response_mask) for k in ("advantages", "returns")}
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                         fields=TensorDict(output, batch_size=len(batch)))

@@ -1,12 +1,13 @@
-"""Hydra composition of the method YAMLs in ``configs/`` on top of verl's own base config.
+"""The method YAMLs (recipes): Hydra composition of ``configs/`` on top of verl's own base config, and validation.
 
-The entry point (``python -m cepo.integrations.verl.main --config-name cepo``) and the TRL
-engine compose the *same* config through :func:`compose_method_config`: our ``configs/``
+Engine-neutral: both engines compose and validate a method YAML here (the YAMLs use verl's config schema, the
+common language of both engines). The verl entry point (``python -m cepo.integrations.verl.main --config-name
+cepo``) and the TRL engine compose the *same* config through :func:`compose_method_config`: our ``configs/``
 directory is the primary config dir and verl's ``verl/trainer/config`` package is on the
 search path (each method YAML declares ``hydra.searchpath: [pkg://verl.trainer.config]``
 and starts from verl's ``ppo_trainer`` defaults), so every verl key and override works.
 
-This module imports only hydra/omegaconf and ``cepo.config``: no ray, no GPU.
+This module imports only hydra/omegaconf, ``cepo.config`` and ``cepo.algorithms``: no ray, no GPU, no engine.
 """
 
 from __future__ import annotations
@@ -19,20 +20,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cepo.algorithms import METHODS as ALGORITHM_METHODS
+from cepo.algorithms import get_method
 from cepo.config import CEPOConfig
 
 VERL_CONFIG_SEARCHPATH = "pkg://verl.trainer.config"
 """Where Hydra finds verl's base ``ppo_trainer`` config (a Python package inside verl)."""
 
-METHODS = ("grpo", "rlsd", "cepo")
-"""``algorithm.adv_estimator`` values this engine knows; each is also ``cepo.method``."""
+METHODS = tuple(sorted(ALGORITHM_METHODS))
+"""``algorithm.adv_estimator`` values (the registered methods of ``cepo.algorithms``); each is also ``cepo.method``."""
 
 TRAINER_MODE = "cepo_sync"
 """``trainer.v1.trainer_mode`` of our v1 trainer (see ``cepo.integrations.verl.trainer``)."""
 
 _CONFIGS_ENV = "CEPO_CONFIGS_DIR"
 
-PACKAGE_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+PACKAGE_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 """The method YAMLs shipped inside the package (``cepo/configs``)."""
 
 
@@ -82,7 +85,7 @@ except FileNotFoundError:
 
 def reward_function_path() -> str:
     """Absolute path of ``cepo/integrations/verl/reward.py`` (verl loads custom rewards by file path)."""
-    return str(Path(__file__).resolve().with_name("reward.py"))
+    return str(Path(__file__).resolve().parent / "integrations" / "verl" / "reward.py")
 
 
 def compose_method_config(
@@ -310,6 +313,8 @@ def validate_method_config(cfg: DictConfig) -> CEPOConfig:
              f"must be an int below trainer.total_training_steps={total}, got {warmup!r}")
     if estimator != "grpo":
         _check_teacher_pass_features(cfg, estimator)
+    if get_method(estimator).one_update_per_rollout:
+        _check_one_update_per_rollout(cfg, estimator)
     if cepo.teacher_max_prompt_length is not None:
         max_prompt = OmegaConf.select(cfg, "data.max_prompt_length")
         _require(cepo.teacher_max_prompt_length >= max_prompt, "cepo.teacher_max_prompt_length",
@@ -318,8 +323,26 @@ def validate_method_config(cfg: DictConfig) -> CEPOConfig:
     return cepo
 
 
+def _check_one_update_per_rollout(cfg: DictConfig, estimator: str) -> None:
+    """ConSPO's objective has no importance ratio: its advantages are its exact gradient at the rollout policy, so
+    every rollout batch is one optimizer step (one mini-batch, one epoch), averaged over all its tokens."""
+    batch = OmegaConf.select(cfg, "data.train_batch_size")
+    mini = OmegaConf.select(cfg, "actor_rollout_ref.actor.ppo_mini_batch_size")
+    _require(mini == batch, "actor_rollout_ref.actor.ppo_mini_batch_size",
+             f"must equal data.train_batch_size={batch} with algorithm.adv_estimator={estimator} (one optimizer step "
+             f"per rollout batch: the objective has no importance ratio), got {mini}")
+    epochs = OmegaConf.select(cfg, "actor_rollout_ref.actor.ppo_epochs", default=1)
+    _require(epochs == 1, "actor_rollout_ref.actor.ppo_epochs",
+             f"must be 1 with algorithm.adv_estimator={estimator}, got {epochs}")
+    mode = OmegaConf.select(cfg, "actor_rollout_ref.actor.loss_agg_mode", default="token-mean")
+    _require(mode == "token-mean", "actor_rollout_ref.actor.loss_agg_mode",
+             f"must be token-mean with algorithm.adv_estimator={estimator} (its advantages are spread for a token "
+             f"mean), got {mode!r}")
+
+
 def _check_teacher_pass_features(cfg: DictConfig, estimator: str) -> None:
-    """verl features that break the teacher passes of ``rlsd``/``cepo`` (issue 7, item 6)."""
+    """verl features that break the teacher passes or the group statistics of the non-GRPO methods (issue 7,
+    item 6)."""
     _require(
         not OmegaConf.select(cfg, "algorithm.use_kl_in_reward", default=False),
         "algorithm.use_kl_in_reward",
