@@ -5,7 +5,7 @@
 #     bash scripts/submit_ray_job.sh [--wait] cepo [overrides]              # verl (the default engine)
 #   ENGINE=trl RAY_ADDRESS=... DATA_DIR=... OUTPUT_DIR=... bash scripts/submit_ray_job.sh cepo [overrides]
 #
-# The method is the name of a YAML in cepo/configs (grpo | rlsd | cepo); overrides are Hydra-style keys of that
+# The method is the name of a YAML in cepo/configs (grpo | rlsd | cepo | opsd | sdpo | conspo); overrides are Hydra-style keys of that
 # config and work on both engines. The job runs
 #   ENGINE=verl: python -m cepo.integrations.verl.main --config-name METHOD ...  (verl places its GPU workers)
 #   ENGINE=trl:  python -m cepo.cli train --config cepo/configs/METHOD.yaml ...  (one process, one GPU or CPU)
