@@ -1,4 +1,5 @@
-"""The ``cepo`` command line: ``cepo smoke`` and ``cepo train`` (TRL engine).
+"""The ``cepo`` command line: ``cepo smoke`` and ``cepo train`` (TRL engine); ``cepo eval``, ``cepo report``,
+``cepo credit-map`` and ``cepo plot`` (``cepo.evaluation.commands``: results, Fig. 5 heat-maps, training curves).
 
 The verl engine has its own Hydra entry point: ``python -m cepo.integrations.verl.main``.
 
@@ -68,7 +69,7 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cepo", description="CEPO / RLSD / GRPO training (TRL engine)")
+    parser = _Parser(prog="cepo", description="CEPO / RLSD / GRPO training (TRL engine), evaluation and analysis")
     sub = parser.add_subparsers(dest="command", required=True)
 
     smoke = sub.add_parser("smoke", help="a complete CEPO run on CPU with an offline tiny Qwen3-VL")
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows whose image cannot be opened: fail naming them (default) or skip them")
     train.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. cepo.eps_w=0.2")
     train.set_defaults(func=_train)
+
+    from cepo.evaluation.commands import add_parsers
+
+    add_parsers(sub)  # eval, report, credit-map, plot
     return parser
 
 

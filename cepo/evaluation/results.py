@@ -1,0 +1,201 @@
+"""Evaluation results: one JSON layout for ``cepo eval`` (lmms-eval or ``--local``) and Table 2 in Markdown.
+
+An evaluation JSON (``eval.json``, :class:`EvalResult`) holds, in percent::
+
+    {"format": "cepo-eval/1", "label": "CEPO", "model": "...", "method": "cepo", "evaluator": "lmms-eval",
+     "backend": "vllm", "sampling": {...}, "ignored_settings": [...],
+     "benchmarks": {"dynamath": {"accuracy": 51.44, "stderr": 0.71, "n": 5010, "task": "dynamath_reasoning",
+                                 "metric": "dynamath_average", "stderr_source": "binomial"}, ...},
+     "average": {"accuracy": 43.43, "stderr": 0.77, "benchmarks": ["dynamath", ...]}}
+
+The average is the unweighted mean over benchmarks (as the paper's "Average Acc."), its standard error
+``sqrt(sum se_i^2) / k`` (independent benchmarks): the paper's 39.73 ± 0.8 for the 2B base model is exactly this.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cepo.evaluation.benchmarks import BENCHMARKS
+
+FORMAT = "cepo-eval/1"
+METHOD_LABELS = {"grpo": "GRPO", "rlsd": "RLSD", "cepo": "CEPO", "opsd": "OPSD", "sdpo": "SDPO", "conspo": "ConSPO"}
+
+
+def binomial_stderr(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy (a fraction in [0, 1]) over ``n`` questions: ``sqrt(p (1 - p) / n)``."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    return math.sqrt(max(0.0, accuracy * (1.0 - accuracy)) / n)
+
+
+@dataclass
+class BenchmarkScore:
+    """One benchmark's result, in percent."""
+
+    accuracy: float
+    stderr: float | None
+    n: int | None
+    task: str | None = None
+    metric: str | None = None
+    stderr_source: str | None = None
+    """``lmms-eval`` (its own stderr), ``clt`` (lmms-eval's CLT stderr) or ``binomial`` (ours, from accuracy and n)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        extra = out.pop("extra")
+        out.update(extra)
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> BenchmarkScore:
+        if not isinstance(data, Mapping) or not isinstance(data.get("accuracy"), int | float):
+            raise ValueError(f"{where}: a benchmark entry needs a numeric 'accuracy' (percent)")
+        known = {"accuracy", "stderr", "n", "task", "metric", "stderr_source"}
+        stderr = data.get("stderr")
+        return cls(
+            accuracy=float(data["accuracy"]),
+            stderr=float(stderr) if isinstance(stderr, int | float) else None,
+            n=int(data["n"]) if isinstance(data.get("n"), int | float) else None,
+            task=data.get("task"),
+            metric=data.get("metric"),
+            stderr_source=data.get("stderr_source"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def average(scores: Mapping[str, BenchmarkScore]) -> dict[str, Any] | None:
+    """Unweighted mean accuracy over ``scores`` and its standard error (``None`` when any stderr is unknown)."""
+    if not scores:
+        return None
+    values = list(scores.values())
+    mean = sum(s.accuracy for s in values) / len(values)
+    errors = [s.stderr for s in values]
+    stderr = None if any(e is None for e in errors) else math.sqrt(sum(e * e for e in errors)) / len(values)
+    return {"accuracy": mean, "stderr": stderr, "benchmarks": list(scores)}
+
+
+@dataclass
+class EvalResult:
+    """What ``cepo eval`` writes (module docstring)."""
+
+    label: str
+    benchmarks: dict[str, BenchmarkScore]
+    model: str | None = None
+    method: str | None = None
+    evaluator: str | None = None
+    backend: str | None = None
+    sampling: dict[str, Any] | None = None
+    ignored_settings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "label": self.label,
+            "model": self.model,
+            "method": self.method,
+            "evaluator": self.evaluator,
+            "backend": self.backend,
+            "sampling": self.sampling,
+            "ignored_settings": self.ignored_settings,
+            "benchmarks": {name: score.as_dict() for name, score in self.benchmarks.items()},
+            "average": average(self.benchmarks),
+        }
+        out.update(self.extra)
+        return out
+
+    def write(self, path: str | Path) -> Path:
+        """Write the JSON (through a temporary file, so a reader never sees half of it)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> EvalResult:
+        benchmarks = data.get("benchmarks")
+        if not isinstance(benchmarks, Mapping) or not benchmarks:
+            raise ValueError(f"{where}: no 'benchmarks' in this evaluation JSON")
+        known = {"format", "label", "model", "method", "evaluator", "backend", "sampling", "ignored_settings",
+                 "benchmarks", "average"}
+        return cls(
+            label=str(data.get("label") or data.get("model") or Path(where).stem),
+            benchmarks={str(k): BenchmarkScore.from_dict(v, f"{where} [{k}]") for k, v in benchmarks.items()},
+            model=data.get("model"),
+            method=data.get("method"),
+            evaluator=data.get("evaluator"),
+            backend=data.get("backend"),
+            sampling=data.get("sampling"),
+            ignored_settings=list(data.get("ignored_settings") or []),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def default_label(method: str | None, model: str | None) -> str:
+    """``"CEPO"`` for a cepo run, ``"Base"`` for a model that did not come from a run."""
+    if method:
+        return METHOD_LABELS.get(method.lower(), method)
+    return "Base"
+
+
+# -- Table 2 ---------------------------------------------------------------------------------------------------
+def _columns(results: Sequence[EvalResult]) -> list[str]:
+    present = {name for r in results for name in r.benchmarks}
+    ordered = [name for name in BENCHMARKS if name in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def _title(name: str) -> str:
+    bench = BENCHMARKS.get(name)
+    return bench.title if bench else name
+
+
+def _cell(score: BenchmarkScore | dict[str, Any] | None, best: bool) -> str:
+    if score is None:
+        return "–"
+    accuracy = score["accuracy"] if isinstance(score, dict) else score.accuracy
+    stderr = score["stderr"] if isinstance(score, dict) else score.stderr
+    number = f"{accuracy:.2f}"
+    number = f"**{number}**" if best else number
+    return number if stderr is None else f"{number} ± {stderr:.1f}"
+
+
+def _best(values: list[float | None]) -> list[bool]:
+    known = [v for v in values if v is not None]
+    if len(known) < 2:
+        return [False] * len(values)
+    top = max(round(v, 2) for v in known)
+    return [v is not None and round(v, 2) == top for v in values]
+
+
+def table2_markdown(results: Sequence[EvalResult]) -> str:
+    """Table 2's layout: one row per result (label), one column per benchmark (paper order), then the average;
+    ``accuracy ± stderr`` in percent, the best value of each column in bold (ties: all of them; nothing is bold
+    with fewer than two rows). A row missing a benchmark shows ``–`` there and has no average: an average over
+    fewer benchmarks is not comparable."""
+    if not results:
+        raise ValueError("no results to tabulate")
+    columns = _columns(results)
+    rows_avg: list[dict[str, Any] | None] = []
+    for r in results:
+        full = all(c in r.benchmarks for c in columns)
+        rows_avg.append(average({c: r.benchmarks[c] for c in columns}) if full else None)
+    header = ["Method", *(_title(c) for c in columns), "Average Acc."]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    bold = {c: _best([r.benchmarks[c].accuracy if c in r.benchmarks else None for r in results]) for c in columns}
+    bold_avg = _best([a["accuracy"] if a else None for a in rows_avg])
+    for i, r in enumerate(results):
+        cells = [r.label.replace("|", "\\|")]
+        cells += [_cell(r.benchmarks.get(c), bold[c][i]) for c in columns]
+        cells.append(_cell(rows_avg[i], bold_avg[i]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
