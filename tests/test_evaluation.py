@@ -272,6 +272,33 @@ def tiny_trl_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def test_resolve_model_finds_the_model_of_each_engines_layout(tiny_trl_run: Path, tmp_path: Path) -> None:
+    from cepo.evaluation.models import resolve_model
+
+    hub = resolve_model("Qwen/Qwen3-VL-2B-Instruct")
+    assert hub.kind == "hub" and hub.method() is None
+    run = resolve_model(str(tiny_trl_run))  # TRL run directory -> final/ adapter, the run's method
+    assert run.kind == "adapter" and Path(run.path) == tiny_trl_run / "final" and run.method() == "cepo"
+    assert run.base == str(tiny_trl_run.parent / "base")
+    verl = tmp_path / "checkpoints" / "cepo_geo3k" / "global_step_50"
+    (verl / "actor").mkdir(parents=True)
+    (verl / "actor" / "model_world_size_8_rank_0.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"verl\.model_merger"):  # FSDP shards, no adapter
+        resolve_model(str(verl))
+    (verl / "actor" / "lora_adapter").mkdir()
+    (verl / "actor" / "lora_adapter" / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(FileNotFoundError, match="pass --base"):
+        resolve_model(str(verl))
+    adapter = resolve_model(str(verl), base="Qwen/Qwen3-VL-2B-Instruct")
+    assert adapter.kind == "adapter" and adapter.path.endswith("actor/lora_adapter") and adapter.method() is None
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model(str(tmp_path / "nothing-here"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no model"):
+        resolve_model(str(tmp_path / "empty"))
+
+
 def test_cepo_eval_runs_lmms_eval_per_benchmark_on_a_merged_adapter(
     tiny_trl_run: Path, fake_lmms: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -392,8 +419,9 @@ def test_cepo_eval_local_accuracy_is_the_verifiers(smoke_model: Path, tmp_path: 
     out = tmp_path / "local"
     assert main(["eval", str(smoke_model), "--local", str(data), "--max-new-tokens", "12", "--temperature", "0",
                  "--output-dir", str(out)]) == 0
-    assert "| Base |" in capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text())
+    assert result["label"].endswith("/base-model")  # a local checkpoint outside a run: labelled by its path
+    assert f"| {result['label']} |" in capsys.readouterr().out
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["answer"] for s in samples] == list(rows["answer"])  # row order kept
     recomputed = [compute_score(s["response"], a).accuracy for s, a in zip(samples, rows["answer"], strict=True)]

@@ -143,6 +143,14 @@ def add_report_parser(sub: Any) -> None:
 
 # -- cepo credit-map --------------------------------------------------------------------------------------------
 def _credit_map(ns: argparse.Namespace) -> int:
+    try:
+        return _credit_map_run(ns)
+    except KeyboardInterrupt:
+        print("cepo credit-map: interrupted before the credit map was complete", file=sys.stderr)
+        return 130
+
+
+def _credit_map_run(ns: argparse.Namespace) -> int:
     import torch
     from transformers import AutoConfig
 

@@ -209,7 +209,7 @@ def evaluate_local(
     accuracy = sum(r["accuracy"] for r in rows) / n
     bench = name or Path(str(data)).stem
     result = EvalResult(
-        label=label or default_label(source.method(), source.given),
+        label=label or default_label(source.method(), source.given, source.kind),
         benchmarks={bench: BenchmarkScore(
             accuracy=100.0 * accuracy,
             stderr=100.0 * binomial_stderr(accuracy, n),

@@ -140,11 +140,21 @@ class EvalResult:
         )
 
 
-def default_label(method: str | None, model: str | None) -> str:
-    """``"CEPO"`` for a cepo run, ``"Base"`` for a model that did not come from a run."""
+_GENERIC_PARTS = {"final", "lora_adapter", "actor", "huggingface", "hf", "merged"}
+
+
+def default_label(method: str | None, model: str | None, kind: str = "hub") -> str:
+    """The row label of a result: the method of the run it came from (``CEPO``); ``Base`` for a hub model; else
+    the last two informative parts of the checkpoint path (``cepo_geo3k/global_step_50`` for
+    ``.../cepo_geo3k/global_step_50/actor/lora_adapter``)."""
     if method:
         return METHOD_LABELS.get(method.lower(), method)
-    return "Base"
+    if kind == "hub" or not model:
+        return "Base"
+    parts = [p for p in Path(model).expanduser().parts if p not in ("/", ".", "..")]
+    while parts and parts[-1] in _GENERIC_PARTS:
+        parts.pop()
+    return "/".join(parts[-2:]) or str(model)
 
 
 # -- Table 2 ---------------------------------------------------------------------------------------------------

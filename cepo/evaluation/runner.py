@@ -123,7 +123,7 @@ def evaluate_lmms(
         else:
             pending.append(bench)
     result = EvalResult(
-        label=label or default_label(source.method(), source.given),
+        label=label or default_label(source.method(), source.given, source.kind),
         benchmarks=scores,
         model=source.given,
         method=source.method(),
