@@ -15,31 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-
-def merge(base: str, adapter: str, out: str, dtype: str = "bfloat16") -> Path:
-    """Load ``base`` + ``adapter``, merge the LoRA weights into the base weights and save to ``out``."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter} has no adapter_config.json; pass the PEFT adapter directory")
-    torch_dtype = getattr(torch, dtype)
-    config = AutoConfig.from_pretrained(base)
-    vision = hasattr(config, "vision_config")
-    loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    model = loader.from_pretrained(base, dtype=torch_dtype)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(target)
-    try:
-        AutoProcessor.from_pretrained(base).save_pretrained(target)
-    except (OSError, ValueError):
-        AutoTokenizer.from_pretrained(base).save_pretrained(target)
-    return target
+from cepo.lora import merge
 
 
 def main(argv: list[str] | None = None) -> int:

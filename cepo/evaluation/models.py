@@ -11,7 +11,7 @@
   ``lora_adapter/``): the model inside.
 
 lmms-eval 0.7.3's vLLM backend takes no adapter, so :func:`merged_checkpoint` merges one into its base model in a
-temporary directory with ``merge`` from ``scripts/merge_lora.py`` (the same function as the script) and removes it
+temporary directory with ``cepo.lora.merge`` (the same function as ``scripts/merge_lora.py``) and removes it
 afterwards. ``cepo eval --local`` and ``cepo credit-map`` load the adapter on top of its base model in memory
 (:func:`load_model`).
 """
@@ -19,7 +19,6 @@ afterwards. ``cepo eval --local`` and ``cepo credit-map`` load the adapter on to
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -132,21 +131,6 @@ def resolve_model(given: str, base: str | None = None, option: str = "MODEL") ->
     return ModelSource(given=text, path=str(inner), kind="adapter", base=str(adapter_base), run_dir=run_dir)
 
 
-def _merge_function() -> Any:
-    """``merge`` from the repository's ``scripts/merge_lora.py`` (one LoRA merge for the script and ``cepo eval``)."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "merge_lora.py"
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"{script} is missing: merging a LoRA adapter for lmms-eval needs scripts/merge_lora.py from the cepo "
-            "source tree; merge it there (python scripts/merge_lora.py --base ... --adapter ... --out DIR) and pass DIR"
-        )
-    spec = importlib.util.spec_from_file_location("cepo_scripts_merge_lora", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.merge
-
-
 @contextlib.contextmanager
 def merged_checkpoint(source: ModelSource, work_dir: str | Path, dtype: str = "bfloat16") -> Iterator[str]:
     """The model as a directory lmms-eval can load: ``source.path`` itself, or, for an adapter, the adapter merged
@@ -157,7 +141,8 @@ def merged_checkpoint(source: ModelSource, work_dir: str | Path, dtype: str = "b
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="merged-", dir=work_dir))
     try:
-        merge = _merge_function()
+        from cepo.lora import merge
+
         print(f"cepo eval: merging adapter {source.path} into {source.base} -> {tmp} (removed afterwards)", flush=True)
         merge(source.base, source.path, str(tmp), dtype)
         yield str(tmp)
