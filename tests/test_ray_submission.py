@@ -247,7 +247,7 @@ def test_wait_fails_when_the_job_fails(ray_head: RayHead, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("env", "args", "message"), [
     ({"RAY_ADDRESS": ""}, ["cepo"], "set RAY_ADDRESS"),
-    ({}, ["ppo"], "unknown method 'ppo'; one of: cepo grpo rlsd"),
+    ({}, ["ppo"], "unknown method 'ppo'; one of: cepo conspo grpo opsd rlsd sdpo"),
     ({}, [], "no method given"),
     ({}, ["--bogus", "cepo"], "unknown option --bogus"),
     ({"ENGINE": "jax"}, ["cepo"], "ENGINE must be verl or trl"),
