@@ -37,6 +37,7 @@ def main(output_dir: str = "runs/example") -> None:
         max_steps=2,
         learning_rate=2e-3,
         use_cpu=True,
+        bf16=False,  # TRL defaults to bf16 autocast even on CPU
         report_to="none",
         save_strategy="no",
         logging_steps=1,  # one metrics.jsonl row and one printed line per step

@@ -23,7 +23,8 @@ def test_credit_assignment_example() -> None:
     assert all(0.75 <= a <= 1.25 for a in rows["CEPO A_t"] + rows["RLSD A_t"])
 
 
-def test_trl_example_trains(tmp_path: Path) -> None:
+def test_trl_example_trains(smoke_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "base-model").symlink_to(smoke_model)  # the example reuses a prepared tiny model (no warm start)
     done = _run(str(EXAMPLES / "train_trl_tiny.py"), str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "done: 2 steps" in done.stdout
