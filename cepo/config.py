@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cepo.algorithms import CREDIT_REGISTRY, NEGATIVE_REFERENCES, LambdaSchedule
+from cepo.algorithms import CREDIT_REGISTRY, DISTILL_MODES, METHODS, NEGATIVE_REFERENCES, LambdaSchedule, get_method
 from cepo.algorithms.schedules import SCHEDULES
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template
 
@@ -49,9 +49,13 @@ SDPO_TEMPLATE = "{{ prompt }}\nCorrect solution:\n\n{{ hint }}\n\nCorrectly solv
 """SDPO's reprompt (baselines.md §4a): the student prompt, a successful peer rollout, the instruction to solve."""
 
 
+DISTILL_TEACHERS = ("live", "ema")
+"""``cepo.distill.teacher``: the live actor, or an EMA of its LoRA adapter (TRL only)."""
+
+
 @dataclass
 class DistillConfig:
-    """OPSD / SDPO settings (sampled-token self-distillation; ``cepo.distill``)."""
+    """OPSD / SDPO settings (``cepo.distill``; ``../shared/paper/baselines.md`` §3, §4)."""
 
     weight: float = 1.0
     """w in ``(1 - w) GRPO + w distillation``; 1 = pure distillation (OPSD's paper, SDPO's default)."""
@@ -60,6 +64,26 @@ class DistillConfig:
     (SDPO's yaml uses 0.5, its dataclass 1.0)."""
     demo_template: str = SDPO_TEMPLATE
     """Jinja template of SDPO's teacher turn, with ``{{ prompt }}`` and ``{{ hint }}`` (the demonstration)."""
+    mode: str = "sampled_token"
+    """``sampled_token`` (both engines): the per-token advantage ``sg(log P_T - log P_S)`` in the unchanged PG loss
+    (SDPO's TRL default, OPSD's tinker loss). ``topk`` (TRL only): the divergence on the teacher's top-k support,
+    scored in the teacher pass, mixed as ``(1 - weight) PG + weight distill`` (OPSD ``--top_k_loss``; SDPO's fork
+    takes the student's top-k, TRL's SDPO teacher server the teacher's). No full-vocabulary mode: carrying (B, T, V)
+    teacher distributions is infeasible for real vocabularies (Qwen3-VL: 151k)."""
+    topk: int = 100
+    """``topk`` mode: k, the teacher's most likely tokens per response token (SDPO 100; OPSD's top-k script 50)."""
+    alpha: float = 0.5
+    """``topk`` mode: generalized JSD alpha (OPSD's beta): 0 forward KL(T||S), 1 reverse KL(S||T); 0.5 as the OPSD
+    scripts and SDPO yaml."""
+    tail: bool = True
+    """``topk`` mode: add one tail category with the mass outside the top-k (SDPO ``distillation_add_tail``);
+    false = renormalise both distributions on the top-k (OPSD)."""
+    teacher: str = "live"
+    """``live``: the teacher is the current actor. ``ema`` (TRL with LoRA only): a second LoRA adapter, initialised
+    from the trained one at the first step and updated after every optimizer step (SDPO's default teacher)."""
+    ema_rate: float = 0.05
+    """``ema`` teacher: ``theta_T <- (1 - rate) theta_T + rate theta`` (SDPO ``teacher_update_rate`` 0.05; OPSD's
+    ``ema_decay`` 0.999 is rate 0.001)."""
 
 
 @dataclass
@@ -108,7 +132,7 @@ class CEPOConfig:
     """Fail when a teacher prompt (hint included) is longer than this many tokens."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    """OPSD / SDPO settings."""
+    """OPSD / SDPO settings (divergence mode, top-k, EMA teacher)."""
     conspo: ConSPOConfig = field(default_factory=ConSPOConfig)
     """ConSPO settings."""
 
@@ -170,6 +194,7 @@ class CEPOConfig:
             compile_template(self.distill.demo_template)
         except ValueError as err:
             raise ValueError(f"cepo.distill.demo_template: {err}") from err
+        self._validate_distill()
         if self.conspo.tau <= 0:
             raise ValueError(f"cepo.conspo.tau must be > 0, got {self.conspo.tau}")
         if self.conspo.margin < 0:
@@ -178,6 +203,27 @@ class CEPOConfig:
             raise ValueError(
                 f"cepo.conspo.margin_warmup_ratio must be in (0, 1], got {self.conspo.margin_warmup_ratio}"
             )
+
+    def _validate_distill(self) -> None:
+        distill = self.distill
+        if distill.mode not in DISTILL_MODES:
+            raise ValueError(f"cepo.distill.mode must be one of {list(DISTILL_MODES)}, got {distill.mode!r}")
+        if distill.topk < 1:
+            raise ValueError(f"cepo.distill.topk must be >= 1, got {distill.topk}")
+        if not 0.0 <= distill.alpha <= 1.0:
+            raise ValueError(f"cepo.distill.alpha must be in [0, 1] (0 forward KL, 1 reverse KL), got {distill.alpha}")
+        if distill.teacher not in DISTILL_TEACHERS:
+            raise ValueError(f"cepo.distill.teacher must be one of {list(DISTILL_TEACHERS)}, got {distill.teacher!r}")
+        if not 0.0 <= distill.ema_rate <= 1.0:
+            raise ValueError(f"cepo.distill.ema_rate must be in [0, 1], got {distill.ema_rate}")
+        if get_method(self.method).distill_teacher is None:
+            distilling = ", ".join(sorted(m for m, spec in METHODS.items() if spec.distill_teacher is not None))
+            for key, value, default in (("mode", distill.mode, "sampled_token"), ("teacher", distill.teacher, "live")):
+                if value != default:
+                    raise ValueError(
+                        f"cepo.distill.{key}={value} applies to the self-distillation methods ({distilling}) only; "
+                        f"cepo.method is {self.method!r}: remove it or set cepo.distill.{key}={default}"
+                    )
 
     @property
     def schedule(self) -> LambdaSchedule:

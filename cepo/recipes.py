@@ -89,7 +89,7 @@ def reward_function_path() -> str:
 
 
 def compose_method_config(
-    config_name: str, overrides: list[str] | None = None, config_dir: str | Path | None = None
+    config_name: str, overrides: list[str] | None = None, config_dir: str | Path | None = None, engine: str = "verl"
 ) -> DictConfig:
     """Compose ``configs/<config_name>.yaml`` (with verl's base config) exactly as the entry point does.
 
@@ -97,6 +97,7 @@ def compose_method_config(
         config_name: a method YAML in ``configs/`` (``grpo``, ``rlsd``, ``cepo``, or your own).
         overrides: Hydra command-line style overrides, e.g. ``["cepo.lam0=0.3", "data.train_batch_size=8"]``.
         config_dir: the primary config folder; default :func:`configs_dir`.
+        engine: ``verl`` or ``trl``, the engine that will run it (:func:`validate_method_config`).
 
     Returns:
         The composed config, with :func:`finalize_config` applied (reward path filled in) and
@@ -119,7 +120,7 @@ def compose_method_config(
         with initialize_config_dir(config_dir=str(directory), version_base=None, job_name="cepo"):
             cfg = compose(config_name=config_name, overrides=overrides)
         finalize_config(cfg)
-        validate_method_config(cfg)
+        validate_method_config(cfg, engine=engine)
     except ConfigError:
         raise
     except Exception as err:
@@ -267,14 +268,24 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def validate_method_config(cfg: DictConfig) -> CEPOConfig:
+ENGINES = ("verl", "trl")
+
+TRL_ONLY_DISTILL = {"mode": "sampled_token", "teacher": "live"}
+"""``cepo.distill`` keys whose non-default values only the TRL engine runs (top-k divergence loss, EMA LoRA teacher),
+with the value verl runs."""
+
+
+def validate_method_config(cfg: DictConfig, engine: str = "verl") -> CEPOConfig:
     """Start-up checks; every error names the offending key.
 
     Checks the ``cepo:`` block (``CEPOConfig.from_mapping``: unknown keys and out-of-range values),
     that ``algorithm.adv_estimator`` names the same method as ``cepo.method``, the verl keys the
     paper setup depends on (group size, batch sizes, lengths, LoRA, learning rate, temperature), and
-    the verl features the teacher-pass methods cannot honour (KL in the reward, multi-turn rollouts).
+    the verl features the teacher-pass methods cannot honour (KL in the reward, multi-turn rollouts), and, for
+    ``engine="verl"``, the TRL-only ``cepo.distill`` settings (:data:`TRL_ONLY_DISTILL`).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     try:
         cepo = cepo_config_from(cfg)
     except ConfigError:
@@ -315,6 +326,11 @@ def validate_method_config(cfg: DictConfig) -> CEPOConfig:
         _check_teacher_pass_features(cfg, estimator)
     if get_method(estimator).one_update_per_rollout:
         _check_one_update_per_rollout(cfg, estimator)
+    if engine == "verl":
+        for key, supported in TRL_ONLY_DISTILL.items():
+            value = getattr(cepo.distill, key)
+            _require(value == supported, f"cepo.distill.{key}",
+                     f"{value} runs on the TRL engine only (cepo train); verl runs cepo.distill.{key}={supported}")
     if cepo.teacher_max_prompt_length is not None:
         max_prompt = OmegaConf.select(cfg, "data.max_prompt_length")
         _require(cepo.teacher_max_prompt_length >= max_prompt, "cepo.teacher_max_prompt_length",

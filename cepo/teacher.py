@@ -357,3 +357,48 @@ def teacher_logprobs(
         logps = torch.log_softmax(logits, dim=-1).gather(-1, part.response_ids.to(device).unsqueeze(-1)).squeeze(-1)
         chunks.append(logps * part.response_mask.to(device))
     return torch.cat(chunks, dim=0)
+
+
+@torch.no_grad()
+def teacher_topk_logprobs(
+    model: torch.nn.Module,
+    inputs: TeacherInputs,
+    k: int,
+    temperature: float = 1.0,
+    micro_batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's top-k log-probs per response token (OPSD ``--top_k_loss``, SDPO ``topk``), from a plain forward.
+
+    One forward per chunk of ``micro_batch_size`` rows, logits kept at the response positions only
+    (``logits_to_keep = T + 1``), divided by ``temperature`` (the rollout temperature, as :func:`teacher_logprobs`),
+    full-vocabulary ``log_softmax`` in float32, then ``topk``. The sampled tokens' log-probs come from the same
+    softmax, so this call replaces :func:`teacher_logprobs` where a top-k loss needs the teacher.
+
+    Returns:
+        ``(values, indices, token_logps)``: ``values`` (N, T, k) float32 log-probs of the teacher's k most likely
+        tokens, sorted descending; ``indices`` (N, T, k) int64 vocabulary ids; ``token_logps`` (N, T) float32
+        log-probs of the response tokens, 0 at masked positions. ``values``/``indices`` at masked positions hold
+        whatever the model predicts there (finite): callers mask them.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = inputs.input_ids.shape[0]
+    size = n if not micro_batch_size else max(1, int(micro_batch_size))
+    device = next(model.parameters()).device
+    t = inputs.response_length
+    values, indices, token_logps = [], [], []
+    for start in range(0, n, size):
+        rows = list(range(start, min(n, start + size)))
+        part = inputs if len(rows) == n else inputs.select(rows)
+        kwargs = {key: v.to(device) for key, v in part.model_kwargs().items()}
+        logits = model(**kwargs, logits_to_keep=t + 1).logits[:, -(t + 1) : -1].float() / temperature
+        vocab = logits.shape[-1]
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+            raise ValueError(f"k must be an int in [1, {vocab}] (the model's vocabulary), got {k!r}")
+        log_probs = torch.log_softmax(logits, dim=-1)
+        top = torch.topk(log_probs, k=k, dim=-1)
+        values.append(top.values)
+        indices.append(top.indices)
+        sampled = log_probs.gather(-1, part.response_ids.to(device).long().unsqueeze(-1)).squeeze(-1)
+        token_logps.append(sampled * part.response_mask.to(device))
+    return torch.cat(values), torch.cat(indices), torch.cat(token_logps)

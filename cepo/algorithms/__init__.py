@@ -7,6 +7,7 @@ from cepo.algorithms.advantages import group_advantages
 from cepo.algorithms.conspo import conspo_coefficients, conspo_loss, conspo_margin, conspo_scores
 from cepo.algorithms.credit import (
     CREDIT_REGISTRY,
+    DISTILL_MODES,
     HINT_KINDS,
     METHODS,
     TEACHER_PASSES,
@@ -21,6 +22,7 @@ from cepo.algorithms.credit import (
     rollout_scores,
     sequence_advantages,
     teacher_passes,
+    topk_teacher,
 )
 from cepo.algorithms.divergence import (
     divergence_on_teacher_topk,
@@ -28,6 +30,7 @@ from cepo.algorithms.divergence import (
     renormalize,
     sampled_token_advantage,
     token_divergence,
+    topk_distillation_loss,
     topk_divergence,
     topk_support,
     with_tail_bucket,
@@ -46,6 +49,7 @@ from cepo.algorithms.schedules import LambdaSchedule, constant_lambda, linear_la
 
 __all__ = [
     "CREDIT_REGISTRY",
+    "DISTILL_MODES",
     "HINT_KINDS",
     "METHODS",
     "NEGATIVE_REFERENCES",
@@ -84,7 +88,9 @@ __all__ = [
     "sequence_advantages",
     "teacher_passes",
     "token_divergence",
+    "topk_distillation_loss",
     "topk_divergence",
     "topk_support",
+    "topk_teacher",
     "with_tail_bucket",
 ]

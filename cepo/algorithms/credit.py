@@ -18,8 +18,12 @@ All methods here produce (B, T) token advantages for the engine's unchanged poli
   (:func:`cepo.algorithms.conspo.conspo_coefficients`), spread over each response's tokens so that a token-mean
   policy-gradient loss has ConSPO's gradient; it needs one update per rollout batch (no IS ratio in ConSPO).
 
-The full-vocabulary / top-k divergence modes of OPSD and SDPO are losses, not advantages
-(``cepo.algorithms.divergence``).
+OPSD and SDPO declare a ``distill_teacher`` (the teacher context they distil towards). In ``cepo.distill.mode``
+``topk`` (TRL only) their distillation is a loss, not an advantage: the engine scores that context's top-k
+log-probs in the teacher pass (:func:`topk_teacher` says which) and adds
+:func:`cepo.algorithms.divergence.topk_distillation_loss` to its PG loss, whose advantage is then GRPO's
+(``(1 - w) PG + w distill``). A full-vocabulary mode is not offered: it would carry (B, T, V) teacher
+distributions.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from cepo.algorithms.metrics import credit_metrics
 from cepo.algorithms.references import demonstration_rows, negative_hints
 
 HINT_KINDS = ("pos", "neg", "demo")
+DISTILL_MODES = ("sampled_token", "topk")
+"""``cepo.distill.mode`` of the self-distillation methods: ``sampled_token`` (a per-token advantage in the PG loss,
+both engines) or ``topk`` (a divergence loss on the teacher's top-k support, TRL only)."""
 """Teacher contexts: ``pos`` = r+ (ground-truth answer), ``neg`` = r- (a wrong answer of the group), ``demo`` = a
 successful rollout of the group (SDPO's demonstration)."""
 
@@ -55,6 +62,7 @@ class CreditInputs:
     logp_demo: torch.Tensor | None = None  # (B, T) P_T under a successful peer rollout (SDPO)
     has_teacher: torch.Tensor | None = None  # (B,) bool: rows that got their distillation teacher pass
     num_tokens: int | None = None  # response tokens of the whole (global) batch, for ConSPO's token spread
+    distill_mode: str = "sampled_token"  # cepo.distill.mode (DISTILL_MODES): topk = distillation is a loss term
     options: Mapping[str, float] = field(default_factory=dict)  # method settings, e.g. distill_weight
 
 
@@ -81,6 +89,9 @@ class MethodSpec:
     """``grpo`` (Eq. 1 on the rewards) or ``conspo`` (needs P_S of every rollout: the sequence scores)."""
     one_update_per_rollout: bool = False
     """The method's objective has no importance ratio: one optimizer step per rollout batch (ConSPO)."""
+    distill_teacher: str | None = None
+    """Self-distillation (OPSD ``pos``, SDPO ``demo``): the teacher context the student is distilled towards. Such a
+    method runs in either :data:`DISTILL_MODES` (``cepo.distill.mode``; :func:`topk_teacher`)."""
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -99,6 +110,8 @@ def register_method(name: str, **spec: object) -> Callable[[CreditFn], CreditFn]
         unknown = set(method.hints) - set(HINT_KINDS)
         if unknown:
             raise ValueError(f"method {name!r}: unknown teacher contexts {sorted(unknown)}; known: {HINT_KINDS}")
+        if method.distill_teacher is not None and method.distill_teacher not in method.hints:
+            raise ValueError(f"method {name!r}: distill_teacher {method.distill_teacher!r} is not one of its hints")
         METHODS[name] = method
         CREDIT_REGISTRY[name] = fn
         TEACHER_PASSES[name] = method.hints
@@ -130,6 +143,16 @@ def teacher_passes(method: str, lam: float) -> tuple[str, ...]:
     return () if spec.lambda_gated and float(lam) == 0.0 else spec.hints
 
 
+def topk_teacher(method: str, mode: str) -> str | None:
+    """The teacher context whose top-k log-probs an engine must score for ``method`` in ``cepo.distill.mode`` ``mode``
+    (it then adds :func:`cepo.algorithms.divergence.topk_distillation_loss` to the PG loss), or ``None`` when the
+    method's whole loss is the engine's PG loss with its token advantages."""
+    if mode not in DISTILL_MODES:
+        raise ValueError(f"distill mode must be one of {DISTILL_MODES}, got {mode!r}")
+    spec = get_method(method)
+    return spec.distill_teacher if mode == "topk" else None
+
+
 # -- the plan: which teacher rows a batch needs ------------------------------------------------------------------
 @dataclass
 class TeacherPlan:
@@ -155,6 +178,7 @@ def plan_teacher_passes(
     require_answer: bool = True,
     negative_reference: str = "paper",
     success_threshold: float = 0.5,
+    distill_mode: str = "sampled_token",
 ) -> TeacherPlan:
     """Teacher rows for ``rows`` of a batch, from the method's declaration (:class:`MethodSpec`).
 
@@ -167,6 +191,7 @@ def plan_teacher_passes(
         texts: (N) response texts (SDPO demonstrations).
         neg_threshold, require_answer, negative_reference: the r- rule (``cepo.algorithms.negative_hints``).
         success_threshold: reward at which a rollout is a success (SDPO demonstrations).
+        distill_mode: ``cepo.distill.mode``; in ``topk`` mode a self-distillation method reads no P_S.
     """
     spec = get_method(method)
     kinds = teacher_passes(method, lam)
@@ -193,7 +218,9 @@ def plan_teacher_passes(
         if demos is not None and demos[row] is not None:
             jobs.append(("demo", local, texts[demos[row]]))
             has_teacher[local] = True
-    if spec.student_rows == "all":
+    if topk_teacher(method, distill_mode) is not None:
+        student = []  # the top-k divergence loss replaces the sampled-token advantage, the only reader of P_S
+    elif spec.student_rows == "all":
         student = list(range(len(rows)))
     elif spec.student_rows == "teacher":
         student = [i for i in range(len(rows)) if has_teacher[i]]
@@ -238,8 +265,16 @@ def cepo_credit(inputs: CreditInputs) -> tuple[torch.Tensor, torch.Tensor | None
 
 
 def _distillation_credit(inputs: CreditInputs, method: str, teacher: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-    """``(1 - w) A + w sg(log P_T - log P_S)`` on rows with a teacher pass, ``(1 - w) A`` elsewhere."""
+    """``(1 - w) A + w sg(log P_T - log P_S)`` on rows with a teacher pass, ``(1 - w) A`` elsewhere.
+
+    In ``topk`` mode the distillation is a loss term (:func:`topk_teacher`) and the engine mixes
+    ``(1 - w) PG + w distill`` itself: the credit is then the PG term's advantage, GRPO's ``A``."""
     from cepo.algorithms.divergence import sampled_token_advantage
+
+    if inputs.distill_mode not in DISTILL_MODES:
+        raise ValueError(f"distill_mode must be one of {DISTILL_MODES}, got {inputs.distill_mode!r}")
+    if inputs.distill_mode == "topk":
+        return grpo_credit(inputs)[0], None
 
     _require(inputs, method, "logp_student", "has_teacher")
     if teacher is None:
@@ -253,13 +288,13 @@ def _distillation_credit(inputs: CreditInputs, method: str, teacher: torch.Tenso
     return (1.0 - weight) * grpo + weight * torch.where(rows, distill, torch.zeros_like(distill)), None
 
 
-@register_method("opsd", hints=("pos",), teacher_rows="all", student_rows="teacher")
+@register_method("opsd", hints=("pos",), teacher_rows="all", student_rows="teacher", distill_teacher="pos")
 def opsd_credit(inputs: CreditInputs) -> tuple[torch.Tensor, None]:
     """OPSD, sampled-token mode: distillation towards the answer-conditioned teacher (context = prompt + r+)."""
     return _distillation_credit(inputs, "opsd", inputs.logp_pos)
 
 
-@register_method("sdpo", hints=("demo",), teacher_rows="all", student_rows="teacher")
+@register_method("sdpo", hints=("demo",), teacher_rows="all", student_rows="teacher", distill_teacher="demo")
 def sdpo_credit(inputs: CreditInputs) -> tuple[torch.Tensor, None]:
     """SDPO, sampled-token mode (its default, alpha = 1): distillation towards the teacher that sees a successful
     peer rollout; rows without one get no distillation signal."""

@@ -236,6 +236,60 @@ def divergence_on_teacher_topk(
     return _support_divergence(student_on_support, teacher_topk_logps, alpha, tail)
 
 
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_topk_logps: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    loss_mask: torch.Tensor,
+    alpha: float,
+    tail: bool,
+    normalizer: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k self-distillation loss of a batch (OPSD ``--top_k_loss``; SDPO ``topk`` with the teacher's support):
+    ``Σ_{b,t} mask_{b,t}·D_alpha(P_S, P_T)_{b,t} / normalizer``.
+
+    Per token, ``D_alpha`` is :func:`divergence_on_teacher_topk` of ``log_softmax(student_logits)`` on the teacher's
+    top-k ids (with one tail category, or renormalised). The student's log-probs on the support are computed as
+    ``logits[ids] - logsumexp(logits)``, equal to gathering ``log_softmax`` but without a second (B, T, V) tensor
+    kept for the backward. The engines pass a token count as ``normalizer`` (TRL's ``dapo`` normaliser: the
+    masked tokens of the global batch, per accumulation window), i.e. a masked token-mean over the batch.
+
+    Args:
+        student_logits: (B, T, V) student logits at the response positions, already divided by the temperature;
+            carries the gradient.
+        teacher_topk_logps: (B, T, k) teacher log-probs (full-vocabulary softmax) at its top-k ids (constants).
+        teacher_topk_indices: (B, T, k) integer vocabulary ids of the teacher's top-k.
+        loss_mask: (B, T) 0/1 or bool: response tokens of rows that have a teacher.
+        alpha: 0 forward KL(T‖S), 1 reverse KL(S‖T), else the generalized JSD (:func:`token_divergence`).
+        tail: one tail category holding the mass outside the top-k (SDPO ``add_tail``), else renormalise (OPSD).
+        normalizer: the token count the masked sum is divided by, > 0.
+
+    Returns:
+        ``(loss, per_token)``: the scalar loss (with gradient) and the (B, T) detached divergences (0 off the mask).
+    """
+    _check_log_probs("student_logits", student_logits)
+    check_2d("loss_mask", loss_mask)
+    if student_logits.dim() != 3 or tuple(student_logits.shape[:2]) != tuple(loss_mask.shape):
+        raise ValueError(
+            f"student_logits must be (B, T, V) with (B, T) = loss_mask's shape {tuple(loss_mask.shape)}, "
+            f"got {tuple(student_logits.shape)}"
+        )
+    if tuple(teacher_topk_logps.shape[:2]) != tuple(loss_mask.shape):
+        raise ValueError(
+            f"teacher_topk_logps must be (B, T, k) with (B, T) = {tuple(loss_mask.shape)}, "
+            f"got {tuple(teacher_topk_logps.shape)}"
+        )
+    mask = as_bool_mask("loss_mask", loss_mask)
+    log_norm = torch.logsumexp(student_logits, dim=-1, keepdim=True)
+    student_on_support = gather_support(student_logits, teacher_topk_indices) - log_norm
+    per_token = _support_divergence(student_on_support, teacher_topk_logps.to(student_logits.dtype), alpha, tail)
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    denominator = torch.as_tensor(normalizer, dtype=per_token.dtype, device=per_token.device)
+    if not bool(denominator > 0):
+        raise ValueError(f"normalizer must be > 0 (a token count), got {float(denominator)}")
+    return per_token.sum() / denominator, per_token.detach()
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampled-token estimator (SDPO ``distillation_mode="sampled_token"``, alpha = 1; OPSD ``--use_tinker_loss``)
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,12 @@ FIELD_KEYS: dict[str, str] = {
     "cepo_distill_weight": "distill.weight",
     "cepo_success_threshold": "distill.success_threshold",
     "cepo_demo_template": "distill.demo_template",
+    "cepo_distill_mode": "distill.mode",
+    "cepo_distill_topk": "distill.topk",
+    "cepo_distill_alpha": "distill.alpha",
+    "cepo_distill_tail": "distill.tail",
+    "cepo_distill_teacher": "distill.teacher",
+    "cepo_distill_ema_rate": "distill.ema_rate",
     "cepo_conspo_tau": "conspo.tau",
     "cepo_conspo_margin": "conspo.margin",
     "cepo_conspo_margin_warmup_ratio": "conspo.margin_warmup_ratio",
@@ -62,6 +68,25 @@ class CEPOGRPOConfig(GRPOConfig):
         default=0.5, metadata={"help": "SDPO: reward at which a rollout is a success (a demonstration)"}
     )
     cepo_demo_template: str = field(default=SDPO_TEMPLATE, metadata={"help": "SDPO: Jinja teacher prompt"})
+    cepo_distill_mode: str = field(
+        default="sampled_token",
+        metadata={"help": "OPSD/SDPO: sampled_token (advantage in the PG loss) | topk (divergence on the teacher's "
+                          "top-k support, mixed (1 - w) PG + w distill)"},
+    )
+    cepo_distill_topk: int = field(default=100, metadata={"help": "OPSD/SDPO topk mode: k (SDPO 100, OPSD 50)"})
+    cepo_distill_alpha: float = field(
+        default=0.5, metadata={"help": "OPSD/SDPO topk mode: 0 forward KL, 1 reverse KL, between = generalized JSD"}
+    )
+    cepo_distill_tail: bool = field(
+        default=True, metadata={"help": "OPSD/SDPO topk mode: tail bucket for the mass outside the top-k; false = "
+                                        "renormalise on the top-k"}
+    )
+    cepo_distill_teacher: str = field(
+        default="live", metadata={"help": "OPSD/SDPO: live (the actor) | ema (an EMA LoRA adapter; needs PEFT LoRA)"}
+    )
+    cepo_distill_ema_rate: float = field(
+        default=0.05, metadata={"help": "OPSD/SDPO ema teacher: theta_T <- (1 - rate) theta_T + rate theta"}
+    )
     cepo_conspo_tau: float = field(default=10.0, metadata={"help": "ConSPO: contrastive temperature"})
     cepo_conspo_margin: float = field(default=0.01, metadata={"help": "ConSPO: target margin M"})
     cepo_conspo_margin_warmup_ratio: float = field(

@@ -69,7 +69,7 @@ def compose(config: str | Path, overrides: list[str] | None = None) -> DictConfi
             f"config {str(path)!r} is not in {home}; put it there (it composes with verl's base config and the "
             "shared paper_base.yaml) or set CEPO_CONFIGS_DIR to its folder"
         )
-    return compose_method_config(path.stem, list(overrides or []))
+    return compose_method_config(path.stem, list(overrides or []), engine="trl")
 
 
 def trl_batch_layout(cfg: DictConfig, num_processes: int = 1) -> dict[str, int]:

@@ -18,6 +18,15 @@ optimizer step: with ``steps_per_generation > gradient_accumulation_steps`` or `
 several optimizer steps train on one round, and all of them use that round's lambda. Once lambda is 0
 no teacher pass runs (the credit is GRPO).
 
+OPSD / SDPO in ``cepo.distill.mode=topk`` (declared by ``MethodSpec.distill_teacher``, see
+``cepo.algorithms.topk_teacher``): the teacher call is a plain forward that also returns the teacher's top-k
+log-probs per response token (``cepo.teacher.teacher_topk_logprobs``), carried in the output dict as (B, T, k)
+through TRL's shuffle/split, and the loss becomes ``(1 - w) TRL's PG loss + w top-k divergence`` (the divergence
+from a plain student forward with full logits at the completion positions; w = 1 skips the PG term). Every
+other method and mode keeps TRL's loss unchanged. ``cepo.distill.teacher=ema`` (LoRA only): the teacher passes
+run with a second adapter, ``teacher``, the EMA of the trained one (``cepo.algorithms.ema_update_`` after every
+optimizer step); no second full model.
+
 Multi-process runs: the number of rows needing a teacher pass differs per process (rows with A = 0 are
 skipped), but FSDP / ZeRO-3 forwards all-gather parameters, so every process must run the same number
 of forward chunks. Each scoring call is padded (with copies of a real row, results discarded) to the
@@ -26,30 +35,38 @@ largest row count over the processes.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, is_peft_model
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from cepo.algorithms import (
     CreditInputs,
     compute_token_advantages,
+    ema_update_,
     get_method,
     plan_teacher_passes,
     rollout_scores,
     sequence_advantages,
     teacher_passes,
+    topk_distillation_loss,
+    topk_teacher,
 )
 from cepo.integrations.trl.checkpoints import AtomicCheckpointMixin
 from cepo.integrations.trl.config import CEPOGRPOConfig
 from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
-from cepo.teacher import TeacherInputs, build_teacher_inputs, tokenizer_of
+from cepo.teacher import TeacherInputs, build_teacher_inputs, teacher_topk_logprobs, tokenizer_of
 
 TRL_FORWARD_KEYS = (
     "pixel_values",
@@ -63,9 +80,29 @@ TRL_FORWARD_KEYS = (
 """Model inputs TRL's ``_get_per_token_logps_and_entropies`` slices per chunk and forwards (TRL 1.16); the
 teacher rows pass every one of them that the processor returns."""
 
+EMA_ADAPTER = "teacher"
+"""Name of the EMA teacher's LoRA adapter (``cepo.distill.teacher=ema``)."""
+
+EMA_FILE = "ema_teacher.safetensors"
+"""The EMA adapter's tensors in a checkpoint (and ``final/``), keyed by the trained adapter's parameter names."""
+
+TOPK_KEYS = ("teacher_topk_logps", "teacher_topk_indices", "distill_mask", "distill_num_items")
+"""What the teacher pass adds to TRL's output dict in top-k mode: (B, T, k) teacher log-probs and vocabulary ids,
+the (B, T) loss mask (response tokens of rows with a teacher) and its token count over the whole generation batch."""
+
 TILE_INDEXED_FAMILIES = ("lfm2_vl", "internvl")
 """Model types whose image tensors are indexed by tile: TRL recovers their tile counts from the image
 processor inside its generation step only, so teacher rows of these models cannot be scored."""
+
+
+class _EMATeacherCallback(TrainerCallback):
+    """Updates the EMA teacher adapter after every optimizer step (``on_step_end``)."""
+
+    def __init__(self, trainer: CEPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.update_ema_teacher()
 
 
 class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
@@ -92,6 +129,16 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             self._check_teacher_support()
         if self.method.one_update_per_rollout:
             self._check_one_update_per_rollout()
+        # top-k mode: the teacher context whose top-k log-probs the loss needs (None: TRL's loss, unchanged)
+        self.topk_kind = topk_teacher(self.method.name, self.cepo.distill.mode)
+        if self.topk_kind is not None:
+            self._check_topk_support()
+        # EMA teacher: (teacher adapter tensor, student adapter tensor) by student parameter name, from the first step
+        self.ema_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._ema_checkpoint: Path | None = None  # EMA_FILE of the checkpoint a run resumes from
+        if self.cepo.distill.teacher == "ema":
+            self._check_ema_support()
+            self.add_callback(_EMATeacherCallback(self))
         self._cepo_rollouts: dict[str, Any] = {}
         # the hints of the most recent teacher rows, for inspection and tests (bounded: long runs do not grow it)
         self.teacher_calls: deque[dict[str, Any]] = deque(maxlen=4096)
@@ -113,6 +160,31 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             raise ValueError(
                 f"method {name!r} needs TRL's token-mean loss over the batch (loss_type='dapo', the default) and "
                 f"beta=0, got loss_type={self.loss_type!r}, beta={self.beta}"
+            )
+
+    def _check_topk_support(self) -> None:
+        """Top-k mode: k within the vocabulary; with w = 1 TRL's loss (and its KL / entropy terms) is not computed."""
+        distill = self.cepo.distill
+        config = self.accelerator.unwrap_model(self.model).config
+        vocab = getattr(config.get_text_config(), "vocab_size", None)
+        if vocab is not None and distill.topk > vocab:
+            raise ValueError(f"cepo.distill.topk={distill.topk} exceeds the model's vocabulary ({vocab} tokens)")
+        if distill.weight == 1.0 and (self.beta != 0.0 or getattr(self, "_entropy_bonus_enabled", False)):
+            raise ValueError(
+                "cepo.distill.mode=topk with cepo.distill.weight=1 replaces TRL's loss, so its KL (beta) and entropy "
+                "terms would be dropped; set beta=0 and no entropy bonus, or cepo.distill.weight < 1"
+            )
+
+    def _check_ema_support(self) -> None:
+        """The EMA teacher is a second LoRA adapter: refuse a model that is not pure-LoRA PEFT."""
+        model = self.accelerator.unwrap_model(self.model)
+        lora = is_peft_model(model) and str(getattr(model.peft_config.get(model.active_adapter), "peft_type", "")
+                                            ).split(".")[-1] == "LORA"
+        if not lora or any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
+            raise ValueError(
+                "cepo.distill.teacher=ema needs a PEFT LoRA model (the EMA teacher is a second LoRA adapter, not a "
+                "second full model): train with LoRA (peft_config=LoraConfig(...); cepo train: "
+                "actor_rollout_ref.model.lora_rank > 0) or set cepo.distill.teacher=live"
             )
 
     def _check_teacher_support(self) -> None:
@@ -160,6 +232,90 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         rounds = max(1, math.ceil(self.state.max_steps * self.args.gradient_accumulation_steps / per_round))
         return min(1.0, generation_round / rounds)
 
+    # -- the EMA teacher (cepo.distill.teacher=ema) -----------------------------------------
+    def _init_ema_teacher(self) -> None:
+        """Add the ``teacher`` LoRA adapter (frozen, not in the optimizer) and copy the trained adapter into it:
+        ``theta_T(0) = theta(0)`` (SDPO / OPSD: the first round's teacher is the live model); a resumed run loads
+        the EMA adapter of its checkpoint instead."""
+        model = self.accelerator.unwrap_model(self.model)
+        active = model.active_adapter
+        if EMA_ADAPTER not in model.peft_config:
+            model.add_adapter(EMA_ADAPTER, copy.deepcopy(model.peft_config[active]))
+            model.set_adapter(active)  # keeps the trained adapter active and trainable, the teacher frozen
+        params = dict(model.named_parameters())
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, student in params.items():
+            parts = name.split(".")
+            at = [i for i in range(1, len(parts)) if parts[i] == active and parts[i - 1].startswith("lora_")]
+            if at:
+                teacher_name = ".".join([*parts[: at[0]], EMA_ADAPTER, *parts[at[0] + 1 :]])
+                pairs[name] = (params[teacher_name], student)
+        if not pairs:
+            raise ValueError(f"no LoRA parameters of adapter {active!r} found for the EMA teacher")
+        for teacher, _ in pairs.values():
+            teacher.requires_grad_(False)
+        source = {n: s for n, (_, s) in pairs.items()}
+        if self._ema_checkpoint is not None:
+            from safetensors.torch import load_file
+
+            source = load_file(str(self._ema_checkpoint))
+            if set(source) != set(pairs):
+                raise ValueError(
+                    f"{self._ema_checkpoint} does not hold the EMA teacher of this LoRA adapter (differing tensors: "
+                    f"{sorted(set(source) ^ set(pairs))[:4]}); resume with the LoRA config of that run"
+                )
+        ema_update_({n: t for n, (t, _) in pairs.items()}, source, rate=1.0)
+        self.ema_pairs = pairs
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Checkpoints and ``final/`` hold the trained adapter only, as without an EMA teacher (a ``teacher/``
+        adapter subfolder would make transformers' resume load that one and skip the trained one), plus the EMA
+        adapter's tensors in :data:`EMA_FILE`."""
+        if self.ema_pairs is None:
+            super()._save(output_dir, state_dict)
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        config = model.peft_config.pop(EMA_ADAPTER)  # PeftModel.save_pretrained saves every adapter in peft_config
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            model.peft_config[EMA_ADAPTER] = config
+        from safetensors.torch import save_file
+
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        save_file({n: t.detach().contiguous().cpu() for n, (t, _) in self.ema_pairs.items()}, str(folder / EMA_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = Path(resume_from_checkpoint) / EMA_FILE
+        self._ema_checkpoint = saved if self.cepo.distill.teacher == "ema" and saved.is_file() else None
+
+    def update_ema_teacher(self) -> None:
+        """After an optimizer step: ``theta_T <- (1 - rate) theta_T + rate theta`` on the adapter tensors."""
+        if self.ema_pairs is None:
+            return
+        ema_update_({n: t for n, (t, _) in self.ema_pairs.items()}, {n: s for n, (_, s) in self.ema_pairs.items()},
+                    rate=self.cepo.distill.ema_rate)
+
+    @contextmanager
+    def _teacher_weights(self) -> Iterator[None]:
+        """The teacher passes' weights: the EMA adapter while inside (``cepo.distill.teacher=ema``), else the live
+        model. The trained adapter is active and trainable again on exit."""
+        if self.ema_pairs is None:
+            yield
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        active = model.active_adapter
+        model.set_adapter(EMA_ADAPTER, inference_mode=True)
+        try:
+            yield
+        finally:
+            model.set_adapter(active)
+
+    def _active_adapter(self) -> str | None:
+        model = self.accelerator.unwrap_model(self.model)
+        return str(model.active_adapter) if is_peft_model(model) else None
+
     # -- 2.-4. teacher passes and token advantages -------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -179,6 +335,8 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         rewards = rewards.float().cpu()
         group_ids = [i // self.num_generations for i in range(rewards.shape[0])]
 
+        if self.cepo.distill.teacher == "ema" and self.ema_pairs is None:
+            self._init_ema_teacher()
         step = self.generation_round()
         lam = self.cepo.schedule(step)
         kinds = teacher_passes(method.name, lam)
@@ -193,7 +351,7 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                                          scores=scores, options=options)
         credit = CreditInputs(
             advantages=advantages[local].to(mask.device), response_mask=mask, lam=lam, eps_w=self.cepo.eps_w,
-            num_tokens=int(output["num_items_in_batch"]), options=options,
+            num_tokens=int(output["num_items_in_batch"]), options=options, distill_mode=self.cepo.distill.mode,
         )
         teacher_seconds = 0.0
         if kinds:
@@ -232,9 +390,15 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             ground_truths=[str(x["answer"]) for x in inputs], answers=[extract_answer(t) for t in texts],
             texts=texts, neg_threshold=self.cepo.neg_threshold, require_answer=self.cepo.neg_requires_answer,
             negative_reference=self.cepo.negative_reference, success_threshold=self.cepo.distill.success_threshold,
+            distill_mode=self.cepo.distill.mode,
         )
         jobs = plan.jobs
         logps = {kind: torch.zeros_like(mask, dtype=torch.float32) for kind in kinds}
+        topk = None
+        if self.topk_kind is not None:  # (B, T, k) teacher log-probs and ids; rows without a teacher stay 0
+            k = self.cepo.distill.topk
+            topk = (torch.zeros(*mask.shape, k, dtype=torch.float32, device=mask.device),
+                    torch.zeros(*mask.shape, k, dtype=torch.int32, device=mask.device))
         width = self._synced_row_count(len(jobs))
         if width:
             padded = jobs + [jobs[0] if jobs else (kinds[0], 0, "")] * (width - len(jobs))
@@ -251,9 +415,15 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 max_prompt_length=self.cepo.teacher_max_prompt_length,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
-            scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
-            for (kind, row, hint), values in zip(jobs, scored, strict=False):  # padding rows come last: dropped
+            with self._teacher_weights():
+                if topk is None:
+                    scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
+                else:
+                    top_values, top_indices, scored = self._score_topk(teacher, real_rows=len(jobs))
+            for j, ((kind, row, hint), values) in enumerate(zip(jobs, scored, strict=False)):  # padding rows: dropped
                 logps[kind][row] = values.float()
+                if topk is not None and kind == self.topk_kind:
+                    topk[0][row], topk[1][row] = top_values[j], top_indices[j].to(torch.int32)
                 self.teacher_calls.append({"step": self.state.global_step, "kind": kind, "row": row, "hint": hint})
         if logp_student is None:  # TRL did not compute old log-probs: score P_S for the rows that read it
             logp_student = self._student_logps(output, plan.student_rows)
@@ -262,6 +432,11 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if "neg" in kinds:
             credit.has_negative = torch.tensor(plan.has_negative, dtype=torch.bool, device=mask.device)
         credit.has_teacher = torch.tensor(plan.has_teacher, dtype=torch.bool, device=mask.device)
+        if topk is not None:
+            distill_mask = mask * credit.has_teacher.unsqueeze(-1).to(mask.dtype)
+            output["teacher_topk_logps"], output["teacher_topk_indices"] = topk
+            output["distill_mask"] = distill_mask
+            output["distill_num_items"] = self.accelerator.gather(distill_mask.sum().float().reshape(1)).sum()
 
     def _synced_row_count(self, rows: int) -> int:
         """The largest ``rows`` over all processes: every process pads its scoring call to it, so all run the
@@ -299,9 +474,70 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 **forward,
             )
         rows = int(batch.input_ids.shape[0])
-        self.forward_log.append({"step": self.state.global_step, "kind": kind, "rows": real_rows,
-                                 "padded_rows": rows, "chunks": math.ceil(rows / chunk)})
+        self._log_forward(kind, real_rows, rows, chunk)
         return logps.float() * batch.response_mask.to(device)
+
+    def _log_forward(self, kind: str, real_rows: int, rows: int, chunk: int, **extra: Any) -> None:
+        """One :attr:`forward_log` entry; with an EMA teacher it also names the adapter the forward ran with."""
+        entry = {"step": self.state.global_step, "kind": kind, "rows": real_rows, "padded_rows": rows,
+                 "chunks": math.ceil(rows / chunk), **extra}
+        if self.ema_pairs is not None:
+            entry["adapter"] = self._active_adapter()
+        self.forward_log.append(entry)
+
+    def _score_topk(self, batch: TeacherInputs, real_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher call of top-k mode: a plain forward (TRL's fused routine returns sampled-token log-probs only),
+        chunked like :meth:`_score`, at TRL's temperature: ``(values, indices)`` (N, T, k) and the sampled tokens'
+        log-probs (N, T) (:func:`cepo.teacher.teacher_topk_logprobs`)."""
+        chunk = self.args.per_device_train_batch_size
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                self.accelerator.autocast():
+            values, indices, logps = teacher_topk_logprobs(
+                self.model, batch, self.cepo.distill.topk, temperature=self.temperature, micro_batch_size=chunk
+            )
+        rows = int(batch.input_ids.shape[0])
+        self._log_forward("teacher", real_rows, rows, chunk, topk=self.cepo.distill.topk)
+        return values, indices, logps
+
+    # -- the loss: TRL's, plus the top-k divergence in top-k mode ------------------------------
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """TRL's loss, unchanged, except for a method in top-k mode: ``(1 - w) PG + w distill`` (w = 1: no PG)."""
+        if self.topk_kind is None or any(k not in inputs for k in TOPK_KEYS):  # eval batches carry no teacher pass
+            return super()._compute_loss(model, inputs)
+        weight = self.cepo.distill.weight
+        loss = weight * self._distillation_loss(model, inputs)
+        if weight < 1.0:
+            loss = loss + (1.0 - weight) * super()._compute_loss(model, inputs)
+        return loss
+
+    def _distillation_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """``Σ mask·D_alpha(P_S, P_T) / N`` on the teacher's top-k support (:func:`cepo.algorithms.
+        topk_distillation_loss`): P_S from a plain forward of this micro-batch, full logits at the completion
+        positions divided by TRL's temperature; N = the masked tokens of the generation batch scaled to one
+        accumulation window, as TRL's ``dapo`` normaliser (so the sum over a window is a token-mean)."""
+        completion_ids = inputs["completion_ids"]
+        t = completion_ids.shape[1]
+        forward = {k: inputs[k] for k in TRL_FORWARD_KEYS if inputs.get(k) is not None}
+        with self.accelerator.autocast():
+            outputs = model(
+                input_ids=torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+                attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+                logits_to_keep=t + 1, use_cache=False, **forward,
+            )
+        logits = outputs.logits[:, -(t + 1) : -1].float() / self.temperature  # (B, T, V)
+        normalizer = inputs["distill_num_items"].clamp(min=1.0) / self.accelerator.num_processes
+        if self.model.training:  # as TRL's dapo: the generation batch's count, per accumulation window
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        distill = self.cepo.distill
+        loss, per_token = topk_distillation_loss(
+            logits, inputs["teacher_topk_logps"], inputs["teacher_topk_indices"], inputs["distill_mask"],
+            alpha=distill.alpha, tail=distill.tail, normalizer=normalizer,
+        )
+        mask = inputs["distill_mask"]
+        totals = self.accelerator.reduce(torch.stack([per_token.sum(), mask.sum().float()]), reduction="sum")
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["cepo/distill_loss"].append(float(totals[0] / totals[1].clamp(min=1.0)))
+        return loss
 
     def _student_logps(self, output: dict[str, Any], rows: list[int]) -> torch.Tensor:
         """P_S (the old log-probs, no hint) for ``rows`` of the local batch; (B, T), zero on other rows.
