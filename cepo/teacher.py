@@ -129,6 +129,75 @@ def teacher_prompt_text(
     return text, rendered
 
 
+class TeacherLengthError(ValueError):
+    """A teacher prompt is longer than ``cepo.teacher_max_prompt_length``."""
+
+
+def check_prompt_length(length: int, max_prompt_length: int | None, row: int, hint: str) -> None:
+    """Raise :class:`TeacherLengthError` naming the row and the key when a teacher prompt is too long."""
+    if max_prompt_length is not None and length > max_prompt_length:
+        raise TeacherLengthError(
+            f"row {row}: the teacher prompt (student prompt + hint {hint[:40]!r}) has {length} tokens, more than "
+            f"cepo.teacher_max_prompt_length={max_prompt_length}. Raise cepo.teacher_max_prompt_length (and the "
+            "actor's max token length) or shorten the template; responses are never truncated."
+        )
+
+
+def image_token_id(processing_class: Any) -> int | None:
+    """The id of the processor's image placeholder token (``<|image_pad|>`` for Qwen-VL), or ``None``."""
+    token_id = getattr(processing_class, "image_token_id", None)
+    if token_id is not None:
+        return int(token_id)
+    token = getattr(processing_class, "image_token", None)
+    return None if token is None else int(tokenizer_of(processing_class).convert_tokens_to_ids(token))
+
+
+def expand_image_pads(text: str, processing_class: Any, image_grid_thw: torch.Tensor, row: int = 0) -> str:
+    """Expand each image placeholder of ``text`` to the image's number of tokens, ``prod(grid) / merge_size**2`` (what
+    the Qwen-VL processor does when it processes the pixels itself)."""
+    image_token = getattr(processing_class, "image_token", None)
+    image_processor = getattr(processing_class, "image_processor", None)
+    if image_token is None or image_processor is None:
+        raise ValueError(f"row {row}: the row has images but the processor has no image_token/image_processor")
+    merge = int(getattr(image_processor, "merge_size", 1))
+    parts = text.split(image_token)
+    if len(parts) - 1 != len(image_grid_thw):
+        raise ValueError(
+            f"row {row}: the teacher prompt has {len(parts) - 1} image placeholder(s) but the image inputs have "
+            f"{len(image_grid_thw)} image grid(s); the prompt and the rollout's images disagree"
+        )
+    counts = [int(grid.prod()) // (merge * merge) for grid in image_grid_thw]
+    out = parts[0]
+    for count, rest in zip(counts, parts[1:], strict=True):
+        out += image_token * count + rest
+    return out
+
+
+def teacher_prompt_ids(
+    processing_class: Any,
+    messages: Sequence[Message],
+    hint: str,
+    template: str | jinja2.Template = DEFAULT_TEACHER_TEMPLATE,
+    include_image: bool = True,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    image_inputs: Mapping[str, torch.Tensor] | None = None,
+    max_prompt_length: int | None = None,
+    row: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One teacher prompt as token ids (P,), from already-processed image inputs (verl's rollouts keep
+    ``pixel_values`` / ``image_grid_thw``, not the images): the rendered prompt's image placeholders are expanded per
+    grid and the text tokenized, so the teacher sees exactly the student's pixels. Returns the ids and the image
+    inputs used (empty without images or with ``include_image=False``)."""
+    text, _ = teacher_prompt_text(processing_class, messages, hint, template, include_image, chat_template_kwargs)
+    used: dict[str, torch.Tensor] = {}
+    if include_image and image_inputs and image_inputs.get("image_grid_thw") is not None:
+        used = {k: torch.as_tensor(v) for k, v in image_inputs.items() if k in ("pixel_values", "image_grid_thw")}
+        text = expand_image_pads(text, processing_class, used["image_grid_thw"], row)
+    ids = torch.tensor(tokenizer_of(processing_class)(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    check_prompt_length(int(ids.numel()), max_prompt_length, row, hint)
+    return ids, used
+
+
 def _has_image_processor(processing_class: Any) -> bool:
     return getattr(processing_class, "image_processor", None) is not None
 
@@ -231,8 +300,9 @@ def build_teacher_inputs(
     include_image: bool = True,
     max_prompt_length: int | None = None,
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    image_inputs: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
 ) -> TeacherInputs:
-    """Teacher rows ``[prompt + hint] + response`` for N rollouts.
+    """Teacher rows ``[prompt + hint] + response`` for N rollouts: the one teacher builder of both engines.
 
     Args:
         processing_class: a tokenizer with a chat template, or a multimodal processor
@@ -247,6 +317,9 @@ def build_teacher_inputs(
         include_image: keep images in the teacher context (default) or drop them.
         max_prompt_length: raise if a teacher prompt is longer (in tokens, images included).
         chat_template_kwargs: extra chat-template variables, the ones the student prompt was rendered with.
+        image_inputs: instead of ``images``, N already-processed image inputs (``pixel_values``, ``image_grid_thw``;
+            ``None`` for a row without images), as verl keeps them with its rollouts: the teacher reuses the
+            student's pixels and the placeholders are expanded per grid (:func:`teacher_prompt_ids`).
     """
     n = len(messages)
     if len(hints) != n:
@@ -259,6 +332,11 @@ def build_teacher_inputs(
         )
     if images is not None and len(images) != n:
         raise ValueError(f"images has {len(images)} entries but messages has {n}; give one list per rollout")
+    if image_inputs is not None:
+        if len(image_inputs) != n:
+            raise ValueError(f"image_inputs has {len(image_inputs)} entries but messages has {n}; one per rollout")
+        return _from_image_inputs(processing_class, messages, hints, response_ids, response_mask, image_inputs,
+                                  template, include_image, max_prompt_length, chat_template_kwargs)
     tokenizer = tokenizer_of(processing_class)
     if getattr(tokenizer, "chat_template", None) is None and getattr(processing_class, "chat_template", None) is None:
         raise ValueError(
@@ -297,14 +375,8 @@ def build_teacher_inputs(
     else:
         encoded = tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
     prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
-    if max_prompt_length is not None:
-        lengths = prompt_mask.sum(-1)
-        too_long = torch.nonzero(lengths > max_prompt_length).flatten().tolist()
-        if too_long:
-            raise ValueError(
-                f"teacher prompt of row(s) {too_long[:8]} is longer than max_prompt_length={max_prompt_length} "
-                f"({int(lengths.max())} tokens); raise the limit or shorten the hint"
-            )
+    for row, length in enumerate(prompt_mask.sum(-1).tolist()):
+        check_prompt_length(int(length), max_prompt_length, row, hints[row])
     response_ids = response_ids.to(prompt_ids.dtype)
     response_mask = response_mask.to(prompt_mask.dtype)
     mm_types = encoded.get("mm_token_type_ids")
@@ -326,6 +398,54 @@ def build_teacher_inputs(
         image_grid_thw=encoded.get("image_grid_thw"),
         mm_token_type_ids=mm_types,
         extra=extra,
+    )
+
+
+def _from_image_inputs(
+    processing_class: Any,
+    messages: Sequence[Sequence[Message]],
+    hints: Sequence[str],
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    image_inputs: Sequence[Mapping[str, torch.Tensor] | None],
+    template: str,
+    include_image: bool,
+    max_prompt_length: int | None,
+    chat_template_kwargs: Mapping[str, Any] | None,
+) -> TeacherInputs:
+    """:func:`build_teacher_inputs` from already-processed image inputs: one :func:`teacher_prompt_ids` per row,
+    left-padded into the batch layout."""
+    compiled = compile_template(template)
+    rows = [
+        teacher_prompt_ids(processing_class, messages[i], hints[i], compiled, include_image, chat_template_kwargs,
+                           image_inputs[i], max_prompt_length, row=i)
+        for i in range(len(messages))
+    ]
+    width = max(int(ids.numel()) for ids, _ in rows)
+    pad = tokenizer_of(processing_class).pad_token_id or 0
+    prompt_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, _) in enumerate(rows):
+        prompt_ids[i, width - ids.numel():] = ids
+        prompt_mask[i, width - ids.numel():] = 1
+    used = [mm for _, mm in rows]
+    grids = [mm["image_grid_thw"] for mm in used if mm]
+    response_ids = response_ids.to(torch.long)
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mm_types = None
+    token_id = image_token_id(processing_class)
+    if grids and token_id is not None:
+        mm_types = torch.cat([(prompt_ids == token_id).long() * prompt_mask, torch.zeros_like(response_ids)], dim=1)
+    return TeacherInputs(
+        input_ids=input_ids,
+        attention_mask=torch.cat([prompt_mask, response_mask.to(torch.long)], dim=1),
+        prompt_length=width,
+        response_ids=response_ids,
+        response_mask=response_mask.to(torch.long),
+        num_images=[len(mm["image_grid_thw"]) if mm else 0 for mm in used],
+        pixel_values=torch.cat([mm["pixel_values"] for mm in used if mm]) if grids else None,
+        image_grid_thw=torch.cat(grids) if grids else None,
+        mm_token_type_ids=mm_types,
     )
 
 

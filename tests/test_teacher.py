@@ -121,7 +121,7 @@ def test_teacher_bad_input(tokenizer) -> None:
     image_msgs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]] * 3
     with pytest.raises(ValueError, match="row 0: the conversation has 1 image"):
         build_teacher_inputs(processor, image_msgs, ["1"] * 3, response_ids, mask, images=[[], [], []])
-    with pytest.raises(ValueError, match="longer than max_prompt_length=4"):
+    with pytest.raises(ValueError, match=r"row 0: .* more than cepo\.teacher_max_prompt_length=4"):
         build_teacher_inputs(tokenizer, msgs, ["1"] * 3, response_ids, mask, max_prompt_length=4)
     bare = build_qwen_tokenizer()
     bare.chat_template = None
@@ -153,3 +153,32 @@ def test_alignment_with_chat_template_kwargs(tokenizer) -> None:
         assert torch.equal(verl_rows[i].prompt_ids, prompt[0])
     plain = build_teacher_inputs(tokenizer, messages, [""] * 3, response_ids, mask, template=STUDENT_TEMPLATE)
     assert plain.prompt_length < inputs.prompt_length  # the variables really change the prompt
+
+
+def test_processed_image_inputs_give_the_same_teacher(tokenizer) -> None:
+    """One builder for both engines: from verl's processed image inputs (pixel_values + image_grid_thw, no PIL
+    images) the teacher batch equals the one built from the images (ids, pixels, image tokens, log-probs)."""
+    processor = build_tiny_processor(tokenizer)
+    model = build_tiny_qwen3vl(tokenizer).eval()
+    images = [[Image.new("RGB", (64 + 32 * i, 64), (40 * i, 200, 90))] for i in range(3)]
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": student_prompt(p)}]}]
+                for p in PROBLEMS]
+    response_ids, mask, _ = _responses(tokenizer)
+    processed = []
+    for conv, imgs in zip(messages, images, strict=True):
+        text = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        enc = processor(text=[text], images=imgs, return_tensors="pt")
+        processed.append({"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]})
+    from_images = build_teacher_inputs(processor, messages, ["12", "5", "x"], response_ids, mask, images)
+    from_inputs = build_teacher_inputs(processor, messages, ["12", "5", "x"], response_ids, mask,
+                                       image_inputs=processed)
+    assert torch.equal(from_inputs.input_ids * from_inputs.attention_mask,
+                       from_images.input_ids * from_images.attention_mask)
+    assert torch.equal(from_inputs.pixel_values, from_images.pixel_values)
+    assert torch.equal(from_inputs.image_grid_thw, from_images.image_grid_thw)
+    assert torch.equal(from_inputs.mm_token_type_ids, from_images.mm_token_type_ids)
+    torch.testing.assert_close(teacher_logprobs(model, from_inputs), teacher_logprobs(model, from_images),
+                               rtol=1e-5, atol=1e-5)
+    blind = build_teacher_inputs(processor, messages, ["12"] * 3, response_ids, mask, image_inputs=processed,
+                                 include_image=False)
+    assert blind.pixel_values is None and blind.mm_token_type_ids is None

@@ -12,8 +12,8 @@ How a teacher row is built from a student row (the fields verl's agent loop stor
   template;
 * images: verl does not keep raw images with the rollouts, only the processed ``multi_modal_inputs``
   (``pixel_values``, ``image_grid_thw``). The teacher reuses them unchanged (it sees exactly the
-  student's pixels), and each ``<|image_pad|>`` of the rendered text is expanded to
-  ``prod(grid) / merge_size**2`` tokens, which is what the Qwen-VL processor does;
+  student's pixels): the prompt ids come from ``cepo.teacher.teacher_prompt_ids``, the same builder the
+  TRL engine's teacher uses (``cepo.teacher.build_teacher_inputs(..., image_inputs=...)``);
 * ``position_ids``: for models with M-RoPE, shape ``(4, L)``: row 0 = ``arange`` over the tokens
   (text positions), rows 1-3 from ``get_rope_index(input_ids, mm_token_type_ids, image_grid_thw,
   attention_mask)`` (verl's agent-loop convention); else ``arange(L)``;
@@ -33,15 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template, teacher_prompt_text, tokenizer_of
+from cepo.teacher import (
+    DEFAULT_TEACHER_TEMPLATE,
+    TeacherLengthError,  # noqa: F401  (raised by teacher_prompt_ids; re-exported for callers)
+    compile_template,
+    image_token_id,
+    teacher_prompt_ids,
+)
 
 RopeIndexFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``get_rope_index(input_ids, mm_token_type_ids=..., image_grid_thw=..., attention_mask=...)`` ->
 ``(positions (3, B, L), deltas)``, e.g. verl's ``hf_processor(path).get_rope_index``."""
-
-
-class TeacherLengthError(ValueError):
-    """A teacher prompt is longer than ``cepo.teacher_max_prompt_length``."""
 
 
 @dataclass
@@ -56,34 +58,6 @@ class TeacherRow:
     @property
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.prompt_ids, self.response_ids])
-
-
-def _expand_image_pads(text: str, processing_class: Any, image_grid_thw: torch.Tensor, row: int) -> str:
-    """Expand each image placeholder of ``text`` to the number of image tokens of its grid."""
-    image_token = getattr(processing_class, "image_token", None)
-    image_processor = getattr(processing_class, "image_processor", None)
-    if image_token is None or image_processor is None:
-        raise ValueError(f"row {row}: the row has images but the processor has no image_token/image_processor")
-    merge = int(getattr(image_processor, "merge_size", 1))
-    parts = text.split(image_token)
-    if len(parts) - 1 != len(image_grid_thw):
-        raise ValueError(
-            f"row {row}: the teacher prompt has {len(parts) - 1} image placeholder(s) but multi_modal_inputs has "
-            f"{len(image_grid_thw)} image grid(s); the raw_prompt and the rollout's images disagree"
-        )
-    counts = [int(grid.prod()) // (merge * merge) for grid in image_grid_thw]
-    out = parts[0]
-    for count, rest in zip(counts, parts[1:], strict=True):
-        out += image_token * count + rest
-    return out
-
-
-def _image_token_id(processing_class: Any) -> int | None:
-    token_id = getattr(processing_class, "image_token_id", None)
-    if token_id is not None:
-        return int(token_id)
-    token = getattr(processing_class, "image_token", None)
-    return None if token is None else int(tokenizer_of(processing_class).convert_tokens_to_ids(token))
 
 
 def build_teacher_row(
@@ -115,22 +89,9 @@ def build_teacher_row(
         chat_template_kwargs: verl's ``data.apply_chat_template_kwargs`` (the student prompt's, e.g.
             ``enable_thinking``), so the teacher prompt differs from the student's only by the hint.
     """
-    text, _ = teacher_prompt_text(processing_class, list(messages), hint, compile_template(template), include_image,
-                                  chat_template_kwargs)
-    mm: dict[str, torch.Tensor] = {}
-    grid = None
-    if include_image and multi_modal_inputs and multi_modal_inputs.get("image_grid_thw") is not None:
-        mm = {k: v for k, v in multi_modal_inputs.items() if k in ("pixel_values", "image_grid_thw")}
-        grid = torch.as_tensor(mm["image_grid_thw"])
-        text = _expand_image_pads(text, processing_class, grid, row)
-    tokenizer = tokenizer_of(processing_class)
-    prompt_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    if max_prompt_length is not None and prompt_ids.numel() > max_prompt_length:
-        raise TeacherLengthError(
-            f"row {row}: the teacher prompt (student prompt + hint {hint[:40]!r}) has {prompt_ids.numel()} tokens, "
-            f"more than cepo.teacher_max_prompt_length={max_prompt_length}. Raise cepo.teacher_max_prompt_length "
-            "(and the actor's max token length) or shorten cepo.teacher_template; responses are never truncated."
-        )
+    prompt_ids, mm = teacher_prompt_ids(processing_class, list(messages), hint, compile_template(template),
+                                        include_image, chat_template_kwargs, multi_modal_inputs, max_prompt_length, row)
+    grid = mm.get("image_grid_thw")
     response_ids = torch.as_tensor(response_ids, dtype=torch.long).flatten()
     input_ids = torch.cat([prompt_ids, response_ids])
     length = input_ids.numel()
@@ -138,7 +99,7 @@ def build_teacher_row(
         position_ids = torch.arange(length, dtype=torch.long)
     else:
         mm_types = torch.zeros_like(input_ids)
-        image_id = _image_token_id(processing_class)
+        image_id = image_token_id(processing_class)
         if image_id is not None and grid is not None:
             mm_types[input_ids == image_id] = 1
         vision, _ = rope_index_fn(
