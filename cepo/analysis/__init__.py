@@ -1,4 +1,10 @@
-"""Measuring credit assignment and its cost: credit-quality metrics and phase timers (no engine imports)."""
+"""Measuring credit assignment and its cost (no engine imports).
+
+Imported here: credit-quality metrics (:mod:`cepo.analysis.credit_quality`: AUROC, cluster bootstrap, top-k,
+decisive-token labelling) and step-phase timers / peak memory (:mod:`cepo.analysis.timing`), used by
+``benchmarks/``. Import the credit maps (:mod:`cepo.analysis.credit_map`) and plots (:mod:`cepo.analysis.plots`)
+from their modules.
+"""
 
 from cepo.analysis.credit_quality import (
     auroc,
