@@ -33,6 +33,15 @@ _ROW, _FILE = "_cepo_row", "_cepo_file"  # where each row came from, for message
 """verl's ``data.truncation`` values (``verl.utils.torch_functional.postprocess_data``)."""
 
 
+
+def _without_rows(dataset: Any, rows: Sequence[int], if_empty: str) -> Any:
+    """``dataset`` without ``rows``; ``ValueError(if_empty)`` when nothing is left."""
+    dropped = set(rows)
+    out = dataset.select([i for i in range(len(dataset)) if i not in dropped])
+    if len(out) == 0:
+        raise ValueError(if_empty)
+    return out
+
 def _answer(row: dict[str, Any]) -> Any:
     value = row.get("answer")
     if value is not None and not (isinstance(value, str) and not value.strip()):
@@ -98,10 +107,8 @@ def _load_one(file: str, prompt_key: str, image_key: str, on_bad_image: str) -> 
                 f"(--on-bad-image skip): {describe_bad_images(bad)}",
                 file=sys.stderr,
             )
-            dropped = set(rows)
-            dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
-            if len(dataset) == 0:
-                raise ValueError(f"{file}: no row is left after skipping the rows with unreadable images")
+            dataset = _without_rows(dataset, rows, f"{file}: no row is left after skipping the rows with unreadable "
+                                    "images")
         dataset = _decoded_images(dataset, image_key)
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
@@ -181,13 +188,8 @@ def apply_max_prompt_length(
             f"{max_prompt_length} tokens (data.filter_overlong_prompts=true): {shown}{more}",
             file=sys.stderr,
         )
-        keep = set(long_rows)
-        out = dataset.select([i for i in range(len(dataset)) if i not in keep])
-        if len(out) == 0:
-            raise ValueError(
-                f"{source}: every prompt is longer than data.max_prompt_length={max_prompt_length} tokens "
-                f"(longest {max(lengths)}); raise data.max_prompt_length"
-            )
+        out = _without_rows(dataset, long_rows, f"{source}: every prompt is longer than data.max_prompt_length="
+                            f"{max_prompt_length} tokens (longest {max(lengths)}); raise data.max_prompt_length")
         return out
     cut = "" if truncation == "error" else (
         f" (data.truncation={truncation} is not applied on the TRL engine: a prompt is never cut)"
