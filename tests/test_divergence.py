@@ -194,7 +194,9 @@ def test_topk_divergence_equals_float64_reference(
     torch.testing.assert_close(value, reference, atol=1e-10, rtol=1e-8)
     (grad,) = torch.autograd.grad(value.sum(), z_s)
     (grad_ref,) = torch.autograd.grad(reference.sum(), z_ref)
-    torch.testing.assert_close(grad, grad_ref, atol=1e-9, rtol=1e-7)
+    # the reference forms the tail as 1 - sum(p) in probability space: when the top-k holds nearly all the mass
+    # it cancels to ~1e-9 and loses digits itself (a CI run hit a 1.8e-7 relative gradient gap there)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-7, rtol=1e-6)
     if support == "teacher":
         values, indices = topk_support(log_t, k)
         engine_path = divergence_on_teacher_topk(log_s, values, indices, alpha, tail=tail)
