@@ -102,8 +102,8 @@ class Series:
 def line_chart(series: Sequence[Series], path: Path, title: str, xlabel: str, ylabel: str,
                hline: float | None = None, hline_label: str = "") -> Path:
     """A line chart with shaded bands and a legend, saved as PNG."""
-    width, height = 900, 560
-    left, right, top, bottom = 80, 200, 50, 60
+    width, height = 900, 580
+    left, right, top, bottom = 80, 200, 70, 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image, "RGBA")
     font, small, big = _font(14), _font(12), _font(16)
@@ -120,7 +120,7 @@ def line_chart(series: Sequence[Series], path: Path, title: str, xlabel: str, yl
     def px(x: float, y: float) -> tuple[float, float]:
         return (left + (x - x0) / ((x1 - x0) or 1.0) * plot_w, top + (1 - (y - y0) / ((y1 - y0) or 1.0)) * plot_h)
 
-    draw.text((left, 15), title, fill="black", font=big)
+    draw.text((left, 10), title, fill="black", font=big)
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     for k in range(6):
         yv = y0 + (y1 - y0) * k / 5
@@ -139,18 +139,25 @@ def line_chart(series: Sequence[Series], path: Path, title: str, xlabel: str, yl
         _, yy = px(x0, hline)
         for xx in range(left, left + plot_w, 12):
             draw.line([xx, yy, min(xx + 6, left + plot_w), yy], fill=(80, 80, 80), width=1)
-        draw.text((left + plot_w + 8, yy - 7), hline_label, fill=(80, 80, 80), font=small)
-    for i, s in enumerate(series):
+        draw.text((left + plot_w - _text_width(draw, hline_label, small) - 6, yy + 3), hline_label, fill=(80, 80, 80),
+                  font=small)
+    for i, s in enumerate(series):  # bands first, so that no band covers a line
         colour = PALETTE[i % len(PALETTE)]
         if s.low is not None and s.high is not None and len(s.x) > 1:
             upper = [px(x, h) for x, h in zip(s.x, s.high, strict=True)]
             lower = [px(x, lo) for x, lo in zip(s.x, s.low, strict=True)][::-1]
-            draw.polygon(upper + lower, fill=(*colour, 40))
+            draw.polygon(upper + lower, fill=(*colour, 28))
+    for i, s in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
         points = [px(x, y) for x, y in zip(s.x, s.y, strict=True)]
         if s.dashed:
             for a, b in itertools.pairwise(points):
-                mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
-                draw.line([a, mid], fill=colour, width=3)
+                length = math.hypot(b[0] - a[0], b[1] - a[1])
+                pieces = max(1, int(length // 8))
+                for k in range(0, pieces, 2):
+                    f0, f1 = k / pieces, min(1.0, (k + 1) / pieces)
+                    draw.line([(a[0] + f0 * (b[0] - a[0]), a[1] + f0 * (b[1] - a[1])),
+                               (a[0] + f1 * (b[0] - a[0]), a[1] + f1 * (b[1] - a[1]))], fill=colour, width=3)
         else:
             draw.line(points, fill=colour, width=3)
         for p in points:

@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         problems = parquet_problems(args.data, args.problems, args.problem_column, args.answer_column,
                                     args.instruction)
     else:
-        warm = WarmStartConfig()
+        warm = WarmStartConfig(slip_fraction=0.3 if args.warm_start == "slip" else 0.0)
         model, tokenizer, warm_info = load_or_train_warm_start(warm, Path(args.cache_dir), progress=not args.no_bar)
         model = model.to(device).eval()
         problems = arithmetic_problems(args.problems, seed=args.seed)
@@ -433,7 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "credit_precision",
         "command": " ".join(["python", "benchmarks/credit_precision.py", *sys.argv[1:]]),
         "machine": info,
-        "model": args.model or "warm-started tiny Qwen3 (benchmarks/_arith.py)",
+        "model": args.model or f"warm-started tiny Qwen3 (benchmarks/_arith.py), warm start: {args.warm_start}",
         "data": args.data or "arithmetic (a+b)*c-d, training split",
         "warm_start": warm_info,
         "settings": {"lam": lam, "eps_w": eps_w, "group": g, "problems": len(problems), "bootstrap": args.boot,
@@ -593,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="generation batch (default 512; 64 with --model)")
     parser.add_argument("--micro-batch-size", type=int,
                         help="log-prob pass batch (default: what keeps its float32 logits under 2 GB)")
+    parser.add_argument("--warm-start", choices=("correct", "slip"), default="correct",
+                        help="correct: SFT on correct solutions (default); slip: the learning benchmark's warm start "
+                             "(30%% of unhinted targets carry one slip, hinted ones never)")
     parser.add_argument("--model", help="your model (path or hub id) instead of the built-in warm start")
     parser.add_argument("--data", help="parquet of problems for --model")
     parser.add_argument("--problem-column", default="problem")
@@ -608,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.problems, args.boot, args.check_problems = min(args.problems, 64), min(args.boot, 200), 200
     if args.name is None:
-        args.name = "credit_precision" + ("_user" if args.model else "_quick" if args.quick else "")
+        args.name = "credit_precision" + ("_user" if args.model else "_slip" if args.warm_start == "slip" else "") \
+            + ("_quick" if args.quick else "")
     payload = run(args)
     print_report(payload)
     path = write_json(f"{args.name}.json", payload, Path(args.out_dir))
