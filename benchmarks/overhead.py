@@ -119,6 +119,12 @@ def make_prompts(tokenizer: Any, n: int, prompt_tokens: int, seed: int) -> list[
     return rows
 
 
+def rendered_prompt_tokens(tokenizer: Any, content: str) -> int:
+    """Token count of one user message rendered with the chat template and the generation prompt."""
+    return len(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"])
+
+
 class Replay:
     """Per generation round, the completions every method trains on (recorded from the first method's run)."""
 
@@ -380,9 +386,8 @@ def run_config(cfg: Config, tokenizer: Any, device: str, dtype: torch.dtype, ech
             print(f"    {method:<5} {summary['total']:.2f} s/round  " + ", ".join(
                 f"{k} {v:.2f}" for k, v in summary.items() if k != "total" and v >= 0.005), flush=True)
     ratios = _ratios(results)
-    teacher_prompt = len(tokenizer.apply_chat_template(
-        [{"role": "user", "content": data[0]["prompt"][0]["content"] + "\n\nHere is a sample answer: 12"}],
-        add_generation_prompt=True, tokenize=True))
+    hinted = data[0]["prompt"][0]["content"] + "\n\nHere is a sample answer: 12"
+    teacher_prompt = rendered_prompt_tokens(tokenizer, hinted)
     return {"config": asdict(cfg), "parameters": params, "rows_per_round": rows, "prompt_tokens": prompt_tokens,
             "teacher_prompt_tokens": teacher_prompt, "methods": results, "ratios": ratios, "prefix_sharing": probe}
 

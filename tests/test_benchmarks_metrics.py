@@ -196,3 +196,20 @@ def test_decisive_labels_and_first_error_with_the_benchmark_tokenizer() -> None:
     wrong_pieces = [tokenizer.decode([t]) for t in ids[1]]
     assert first_error[1] == 15 and wrong_pieces[15] == "8" and error_is_result[1]
     assert first_error[2] == len(ids[2]) - 1 and not error_is_result[2]  # stopped early: the EOS is the error
+
+
+def test_overhead_counts_the_rendered_teacher_prompt_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    # transformers 5 returns a dict from apply_chat_template(tokenize=True): its len() is 2 keys, not the token count.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # importing overhead.py must not re-exec pytest
+    sys.path.insert(0, str(BENCHMARKS))
+    from overhead import make_prompts, rendered_prompt_tokens
+
+    from cepo.testing import build_qwen_tokenizer
+
+    tokenizer = build_qwen_tokenizer()
+    content = make_prompts(tokenizer, 1, 96, seed=0)[0]["prompt"][0]["content"]
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+    expected = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert 80 <= expected <= 96
+    assert rendered_prompt_tokens(tokenizer, content) == expected
