@@ -24,6 +24,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "bool": (bool,),
     "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
 }
 """Accepted Python types per annotation of a ``CEPOConfig`` field (``from __future__ import annotations``
 makes ``Field.type`` the annotation string)."""
@@ -34,6 +35,7 @@ _TYPE_WORDS: dict[tuple[type, ...], str] = {
     (int,): "an integer",
     (bool,): "true or false",
     (int, type(None)): "an integer or null",
+    (int, float, type(None)): "a number or null",
 }
 
 
@@ -78,6 +80,11 @@ class DistillConfig:
     tail: bool = True
     """``topk`` mode: add one tail category with the mass outside the top-k (SDPO ``distillation_add_tail``);
     false = renormalise both distributions on the top-k (OPSD)."""
+    is_clip: float | None = 2.0
+    """``topk`` mode: weight each token's divergence by SDPO's clipped importance ratio ``min(π_θ/π_old, is_clip)``
+    where the engine has the rollout policy's log-probs (an update after the first on a rollout batch); ``None``
+    = no correction (SDPO ``distillation_is_clip`` 2.0). ``sampled_token`` goes through the PPO-clip loss, whose
+    ratio already corrects for it."""
     teacher: str = "live"
     """``live``: the teacher is the current actor. ``ema`` (TRL with LoRA only): a second LoRA adapter, initialised
     from the trained one at the first step and updated after every optimizer step (SDPO's default teacher)."""
@@ -212,6 +219,8 @@ class CEPOConfig:
             raise ValueError(f"cepo.distill.topk must be >= 1, got {distill.topk}")
         if not 0.0 <= distill.alpha <= 1.0:
             raise ValueError(f"cepo.distill.alpha must be in [0, 1] (0 forward KL, 1 reverse KL), got {distill.alpha}")
+        if distill.is_clip is not None and not distill.is_clip > 0:
+            raise ValueError(f"cepo.distill.is_clip must be > 0 or null (no correction), got {distill.is_clip!r}")
         if distill.teacher not in DISTILL_TEACHERS:
             raise ValueError(f"cepo.distill.teacher must be one of {list(DISTILL_TEACHERS)}, got {distill.teacher!r}")
         if not 0.0 <= distill.ema_rate <= 1.0:

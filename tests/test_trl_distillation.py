@@ -18,6 +18,7 @@ from cepo.algorithms import (
     demonstration_rows,
     divergence_on_teacher_topk,
     group_advantages,
+    importance_weight,
     plan_teacher_passes,
     topk_distillation_loss,
     topk_teacher,
@@ -67,8 +68,10 @@ class _Recording(CEPOTrainer):
         if self.cepo.distill.weight < 1.0:  # TRL's own loss at the same weights, for the (1 - w) PG + w distill check
             with torch.no_grad():
                 pg = GRPOTrainer._compute_loss(self, model, inputs).detach()
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.keep_weights else None
         loss = super()._compute_loss(model, inputs)
-        self.losses.append({"inputs": {k: _clone(v) for k, v in inputs.items()}, "loss": loss.detach(), "pg": pg})
+        self.losses.append({"inputs": {k: _clone(v) for k, v in inputs.items()}, "loss": loss.detach(), "pg": pg,
+                            "weights": weights})
         return loss
 
     # EMA bookkeeping: the trained adapter after every optimizer step, and what every teacher pass saw
@@ -111,7 +114,7 @@ def _trainer(smoke_model: Path, tmp_path: Path, method: str, peft: bool = False,
         processing_class=AutoProcessor.from_pretrained(smoke_model),
         peft_config=lora_config() if peft else None,
     )
-    trainer.generated, trainer.losses, trainer.topk_calls = [], [], []
+    trainer.generated, trainer.losses, trainer.topk_calls, trainer.keep_weights = [], [], [], False
     return trainer
 
 
@@ -193,6 +196,50 @@ def test_topk_teacher_and_loss(method: str, tail: bool, alpha: float, weight: fl
     assert trainer.state.log_history[0]["cepo/distill_loss"] == pytest.approx(float(distill), rel=1e-4)
     if weight < 1.0:
         assert abs(float(rec["pg"])) > 0 and not torch.isclose(rec["loss"].double(), distill, rtol=1e-3)
+
+
+def test_topk_importance_clip_on_the_second_update(smoke_model: Path, tmp_path: Path) -> None:
+    """SDPO's IS correction (cepo.distill.is_clip): with two optimizer steps per rollout batch, the second step's
+    loss is Σ mask·min(π_θ/π_old, clip)·D / N, with π_θ from a float64 forward of the weights it ran at and π_old
+    TRL's old log-probs; the first step's ratio is 1."""
+    from transformers import AutoModelForImageTextToText
+
+    clip = 1.02
+    trainer = _trainer(smoke_model, tmp_path, "opsd", per_device_train_batch_size=8, steps_per_generation=2,
+                       max_steps=2, cepo_distill_mode="topk", cepo_distill_topk=K, cepo_distill_tail=True,
+                       cepo_distill_alpha=0.5, cepo_distill_is_clip=clip)
+    trainer.keep_weights = True
+    trainer.train()
+    assert len(trainer.generated) == 1 and len(trainer.losses) == 2  # one rollout batch, two updates
+    out = trainer.generated[0]["output"]
+    tokens = out["distill_mask"].sum().double() / 2  # TRL's dapo normaliser: the batch's tokens per update
+    model = AutoModelForImageTextToText.from_pretrained(smoke_model).double().eval()
+    ratios = []
+    for rec in trainer.losses:
+        batch = rec["inputs"]
+        assert batch["old_per_token_logps"] is not None
+        model.load_state_dict(rec["weights"])
+        completion = batch["completion_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([batch["prompt_ids"], completion], 1),
+                           attention_mask=torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+                           pixel_values=batch["pixel_values"].double(), image_grid_thw=batch["image_grid_thw"],
+                           mm_token_type_ids=batch["mm_token_type_ids"]).logits
+        t = completion.shape[1]
+        student = torch.log_softmax(logits[:, -(t + 1) : -1] / trainer.temperature, dim=-1)
+        per_token = divergence_on_teacher_topk(student, batch["teacher_topk_logps"].double(),
+                                               batch["teacher_topk_indices"].long(), alpha=0.5, tail=True)
+        sampled = student.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        ratio = (sampled - batch["old_per_token_logps"].double()).exp()
+        mask = batch["distill_mask"].double()
+        expected = (per_token * mask * ratio.clamp(max=clip)).sum() / tokens
+        torch.testing.assert_close(rec["loss"].double(), expected, rtol=1e-4, atol=1e-6)
+        ratios.append(ratio[mask.bool()])
+    torch.testing.assert_close(ratios[0], torch.ones_like(ratios[0]), rtol=0, atol=1e-4)  # same weights: ratio 1
+    assert (ratios[1] > clip).any() and (ratios[1] < clip).any()  # the second update clipped some tokens, not all
+    fractions = [row["cepo/distill_is_clip_frac"] for row in trainer.state.log_history
+                 if "cepo/distill_is_clip_frac" in row]
+    assert fractions and 0.0 < fractions[-1] < 1.0
 
 
 def test_ema_teacher_lora_topk(smoke_model: Path, tmp_path: Path) -> None:
@@ -284,6 +331,27 @@ def test_topk_loss_math_and_declarations() -> None:
         torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(expected, logits)[0])
     with pytest.raises(ValueError, match="normalizer must be > 0"):
         topk_distillation_loss(logits, teacher.values, teacher.indices, mask, 0.3, True, 0.0)
+    # SDPO's IS correction: a constant per-token weight (no gradient through it), equal to TRL's own function
+    from trl.experimental.sdpo.loss_utils import apply_importance_sampling_clipping
+
+    now = torch.randn(3, 5, dtype=torch.float64, requires_grad=True) * 3
+    old = torch.randn(3, 5, dtype=torch.float64) * 3
+    old[0, 0], old[0, 1] = -60.0, 60.0  # log-ratios beyond the +-20 clamp
+    rho = importance_weight(now, old, 2.0)
+    assert not rho.requires_grad and float(rho.max()) <= 2.0
+    torch.testing.assert_close(rho, apply_importance_sampling_clipping(torch.ones(3, 5, dtype=torch.float64), now,
+                                                                        old, 2.0))
+    loss, per_token = topk_distillation_loss(logits, teacher.values, teacher.indices, mask, 0.3, True, 8.0,
+                                             is_weight=rho)
+    ref = divergence_on_teacher_topk(torch.log_softmax(logits, -1), teacher.values, teacher.indices, 0.3, True)
+    expected = (ref * mask * rho).sum() / 8.0
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(per_token, (ref * mask).detach())
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(expected, logits)[0])
+    with pytest.raises(ValueError, match="clip must be > 0"):
+        importance_weight(now, old, 0.0)
+    with pytest.raises(ValueError, match="is_weight has shape"):
+        topk_distillation_loss(logits, teacher.values, teacher.indices, mask, 0.3, True, 8.0, is_weight=rho[:, :4])
     assert topk_teacher("opsd", "topk") == "pos" and topk_teacher("sdpo", "topk") == "demo"
     assert topk_teacher("cepo", "topk") is None and topk_teacher("opsd", "sampled_token") is None
     adv = torch.tensor([1.0, -1.0])

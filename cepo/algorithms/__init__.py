@@ -27,6 +27,7 @@ from cepo.algorithms.credit import (
 from cepo.algorithms.divergence import (
     divergence_on_teacher_topk,
     gather_support,
+    importance_weight,
     renormalize,
     sampled_token_advantage,
     token_divergence,
@@ -74,6 +75,7 @@ __all__ = [
     "get_credit_fn",
     "get_method",
     "group_advantages",
+    "importance_weight",
     "linear_lambda",
     "modulate_advantages",
     "negative_hints",

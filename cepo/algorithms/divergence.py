@@ -244,9 +244,10 @@ def topk_distillation_loss(
     alpha: float,
     tail: bool,
     normalizer: float | torch.Tensor,
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k self-distillation loss of a batch (OPSD ``--top_k_loss``; SDPO ``topk`` with the teacher's support):
-    ``Σ_{b,t} mask_{b,t}·D_alpha(P_S, P_T)_{b,t} / normalizer``.
+    ``Σ_{b,t} mask_{b,t}·ρ_{b,t}·D_alpha(P_S, P_T)_{b,t} / normalizer`` (``ρ = 1`` without ``is_weight``).
 
     Per token, ``D_alpha`` is :func:`divergence_on_teacher_topk` of ``log_softmax(student_logits)`` on the teacher's
     top-k ids (with one tail category, or renormalised). The student's log-probs on the support are computed as
@@ -263,6 +264,8 @@ def topk_distillation_loss(
         alpha: 0 forward KL(T‖S), 1 reverse KL(S‖T), else the generalized JSD (:func:`token_divergence`).
         tail: one tail category holding the mass outside the top-k (SDPO ``add_tail``), else renormalise (OPSD).
         normalizer: the token count the masked sum is divided by, > 0.
+        is_weight: optional (B, T) constant per-token weights ``ρ``, SDPO's clipped importance ratio
+            (:func:`importance_weight`); ``per_token`` stays the unweighted divergence.
 
     Returns:
         ``(loss, per_token)``: the scalar loss (with gradient) and the (B, T) detached divergences (0 off the mask).
@@ -287,7 +290,36 @@ def topk_distillation_loss(
     denominator = torch.as_tensor(normalizer, dtype=per_token.dtype, device=per_token.device)
     if not bool(denominator > 0):
         raise ValueError(f"normalizer must be > 0 (a token count), got {float(denominator)}")
-    return per_token.sum() / denominator, per_token.detach()
+    weighted = per_token
+    if is_weight is not None:
+        check_same_shape("loss_mask", loss_mask, is_weight=is_weight)
+        weighted = per_token * is_weight.detach().to(per_token.dtype)
+    return weighted.sum() / denominator, per_token.detach()
+
+
+def importance_weight(student_logp: torch.Tensor, old_logp: torch.Tensor, clip: float) -> torch.Tensor:
+    """SDPO's importance-sampling correction of the distillation loss: ``ρ_t = min(π_θ(y_t) / π_old(y_t), clip)``.
+
+    A rollout scored after one or more optimizer steps on its batch (TRL's ``steps_per_generation >
+    gradient_accumulation_steps`` or ``num_iterations > 1``; verl's ``ppo_mini_batch_size < train_batch_size``)
+    was sampled from ``π_old``, not the current policy; the per-token divergence is weighted by this ratio, a
+    constant (no gradient), as SDPO's ``distillation_is_clip`` (log-ratio clamped to [-20, 20] before ``exp``).
+
+    Args:
+        student_logp: (B, T) current log-probs of the sampled tokens.
+        old_logp: (B, T) log-probs of the same tokens under the rollout policy.
+        clip: upper bound of the ratio, > 0 (SDPO 2.0).
+
+    Returns:
+        (B, T) detached weights in (0, clip].
+    """
+    check_2d("student_logp", student_logp)
+    check_same_shape("student_logp", student_logp, old_logp=old_logp)
+    clip = float(clip)
+    if not clip > 0:  # also rejects NaN
+        raise ValueError(f"clip must be > 0 (SDPO's distillation_is_clip, 2.0), got {clip}")
+    log_ratio = (student_logp.detach() - old_logp.detach()).clamp(min=-20.0, max=20.0)
+    return log_ratio.exp().clamp(max=clip)
 
 
 # --------------------------------------------------------------------------------------------------

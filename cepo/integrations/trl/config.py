@@ -31,6 +31,7 @@ FIELD_KEYS: dict[str, str] = {
     "cepo_distill_topk": "distill.topk",
     "cepo_distill_alpha": "distill.alpha",
     "cepo_distill_tail": "distill.tail",
+    "cepo_distill_is_clip": "distill.is_clip",
     "cepo_distill_teacher": "distill.teacher",
     "cepo_distill_ema_rate": "distill.ema_rate",
     "cepo_conspo_tau": "conspo.tau",
@@ -80,6 +81,10 @@ class CEPOGRPOConfig(GRPOConfig):
     cepo_distill_tail: bool = field(
         default=True, metadata={"help": "OPSD/SDPO topk mode: tail bucket for the mass outside the top-k; false = "
                                         "renormalise on the top-k"}
+    )
+    cepo_distill_is_clip: float | None = field(
+        default=2.0, metadata={"help": "OPSD/SDPO topk mode: weight the divergence by min(pi/pi_old, is_clip) on "
+                                       "updates after a rollout batch's first (SDPO); None = no correction"}
     )
     cepo_distill_teacher: str = field(
         default="live", metadata={"help": "OPSD/SDPO: live (the actor) | ema (an EMA LoRA adapter; needs PEFT LoRA)"}

@@ -55,6 +55,7 @@ from cepo.algorithms import (
     compute_token_advantages,
     ema_update_,
     get_method,
+    importance_weight,
     plan_teacher_passes,
     rollout_scores,
     sequence_advantages,
@@ -529,14 +530,24 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if self.model.training:  # as TRL's dapo: the generation batch's count, per accumulation window
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         distill = self.cepo.distill
-        loss, per_token = topk_distillation_loss(
-            logits, inputs["teacher_topk_logps"], inputs["teacher_topk_indices"], inputs["distill_mask"],
-            alpha=distill.alpha, tail=distill.tail, normalizer=normalizer,
-        )
         mask = inputs["distill_mask"]
-        totals = self.accelerator.reduce(torch.stack([per_token.sum(), mask.sum().float()]), reduction="sum")
+        is_weight = None
+        old_logps = inputs.get("old_per_token_logps")
+        if distill.is_clip is not None and old_logps is not None:  # SDPO's correction for off-policy updates
+            with torch.no_grad():
+                sampled = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            is_weight = importance_weight(sampled, old_logps, distill.is_clip)
+        loss, per_token = topk_distillation_loss(
+            logits, inputs["teacher_topk_logps"], inputs["teacher_topk_indices"], mask,
+            alpha=distill.alpha, tail=distill.tail, normalizer=normalizer, is_weight=is_weight,
+        )
+        clipped = torch.zeros((), device=mask.device) if is_weight is None else (
+            (is_weight >= distill.is_clip) & mask.bool()).sum().float()
+        totals = self.accelerator.reduce(torch.stack([per_token.sum(), mask.sum().float(), clipped]), reduction="sum")
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["cepo/distill_loss"].append(float(totals[0] / totals[1].clamp(min=1.0)))
+        if is_weight is not None:
+            self._metrics[mode]["cepo/distill_is_clip_frac"].append(float(totals[2] / totals[1].clamp(min=1.0)))
         return loss
 
     def _student_logps(self, output: dict[str, Any], rows: list[int]) -> torch.Tensor:
