@@ -222,7 +222,8 @@ class TeacherInputs:
     mm_token_type_ids: torch.Tensor | None = None  # (N, P + T), 1 at image tokens
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     """Every other model input the processor returned (e.g. ``token_type_ids`` (N, P + T) for Gemma-3,
-    ``image_sizes`` for LLaVA-NeXT, ``pixel_attention_mask`` for Idefics3), passed to the forward unchanged."""
+    ``image_sizes`` for LLaVA-NeXT, ``pixel_attention_mask`` (N, slots, H, W) for Idefics3), passed to the forward
+    unchanged."""
 
     @property
     def response_length(self) -> int:
@@ -240,12 +241,31 @@ class TeacherInputs:
         kwargs.update(self.extra)
         return kwargs
 
+    def _row_indexed_images(self) -> bool:
+        """Whether the images are indexed by *row*, with a slot axis and a per-slot ``pixel_attention_mask``
+        (Idefics2 / Idefics3 / SmolVLM): ``pixel_values`` (N, slots, C, H, W) and the mask (N, slots, H, W), a row
+        with fewer images (or tiles) than the batch's largest padded with all-zero slots, which the model drops."""
+        pixel_values, mask = self.pixel_values, self.extra.get("pixel_attention_mask")
+        return (
+            pixel_values is not None
+            and mask is not None
+            and self.image_grid_thw is None
+            and pixel_values.dim() == 5
+            and mask.dim() == 4
+            and pixel_values.shape[0] == mask.shape[0] == self.input_ids.shape[0]
+            and pixel_values.shape[1] == mask.shape[1]
+            and tuple(pixel_values.shape[-2:]) == tuple(mask.shape[-2:])
+        )
+
     def select(self, rows: Sequence[int]) -> TeacherInputs:
         """The sub-batch of ``rows`` (in that order), with their images: Qwen-VL's patch-indexed ``pixel_values``
-        (split by ``image_grid_thw``) or image-indexed ones (one entry per image, e.g. LLaVA-NeXT with its
-        ``image_sizes``, Gemma-3). Other layouts (e.g. Idefics3's ``pixel_attention_mask``) cannot be split here:
-        score those batches whole."""
+        (split by ``image_grid_thw``), image-indexed ones (one entry per image, e.g. LLaVA-NeXT with its
+        ``image_sizes``, Gemma-3) or row-indexed ones with a ``pixel_attention_mask`` (Idefics3, see
+        :meth:`_row_indexed_images`; slots that are padding in every selected row are trimmed). Other layouts (e.g.
+        a tile-indexed ``pixel_attention_mask``) cannot be split here and raise: score those batches whole."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
+        if self._row_indexed_images():
+            return self._select_by_row(rows, index)
         image_start = [0]
         for count in self.num_images:
             image_start.append(image_start[-1] + count)
@@ -286,6 +306,39 @@ class TeacherInputs:
             image_grid_thw=image_grid_thw,
             mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[index],
             extra=per_row,
+        )
+
+    def _select_by_row(self, rows: Sequence[int], index: torch.Tensor) -> TeacherInputs:
+        """:meth:`select` for row-indexed images (:meth:`_row_indexed_images`): every per-row tensor is indexed by
+        ``rows``; trailing slots that are padding (all-zero pixels, as the model tells them) in every selected row
+        are dropped, and the images with them when no selected row has one."""
+        assert self.pixel_values is not None  # checked by _row_indexed_images
+        pixel_values = self.pixel_values[index]
+        real = pixel_values.flatten(2).ne(0).any(-1)  # (rows, slots): the model drops all-zero slots
+        used = real.any(0).nonzero()
+        slots = int(used.max()) + 1 if used.numel() else 0
+        extra: dict[str, torch.Tensor] = {}
+        for key, value in self.extra.items():
+            if key == "pixel_attention_mask":
+                if slots:
+                    extra[key] = value[index, :slots]
+            elif key == "token_type_ids":  # per token of each row
+                extra[key] = value[index]
+            else:
+                raise ValueError(
+                    f"cannot select rows of a teacher batch with {[key]} next to row-indexed pixel_values; "
+                    "score it whole (micro_batch_size=None) or through the engine's own log-prob routine"
+                )
+        return TeacherInputs(
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            prompt_length=self.prompt_length,
+            response_ids=self.response_ids[index],
+            response_mask=self.response_mask[index],
+            num_images=[self.num_images[r] for r in rows] if self.num_images else [],
+            pixel_values=pixel_values[:, :slots] if slots else None,
+            mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[index],
+            extra=extra,
         )
 
 

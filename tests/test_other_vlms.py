@@ -1,9 +1,11 @@
-"""Teacher contexts for non-Qwen VLM families (issue 7, item 7): LLaVA-NeXT (``image_sizes``) and Gemma-3
-(``token_type_ids``), built offline by ``cepo.testing.other_vlms``.
+"""Teacher contexts for non-Qwen VLM families (issue 7, item 7): LLaVA-NeXT (``image_sizes``), Gemma-3
+(``token_type_ids``) and Idefics3 / SmolVLM (row-indexed ``pixel_values`` with ``pixel_attention_mask``), built
+offline by ``cepo.testing.other_vlms``.
 
 1. Alignment: with an empty hint the teacher rows score the response exactly as an unpadded single-row forward of
-   the processor's own encoding of the student prompt, the family's input is in ``TeacherInputs.extra`` and the
-   forward needs it.
+   the processor's own encoding of the student prompt, the family's input is in ``TeacherInputs.extra`` and reaches
+   the forward (which needs it, or, for Idefics3's mask, changes when it hides pixels); micro-batches
+   (``TeacherInputs.select``) score the same.
 2. TRL: ``CEPOTrainer`` trains on the tiny model with real teacher passes (rewards differ within every group), and
    teacher rows whose context is the student prompt give TRL's own old log-probs.
 """
@@ -26,7 +28,8 @@ from cepo.testing import OTHER_VLM_FAMILIES, build_tiny_vlm, make_geo3k_like
 FAMILIES = sorted(OTHER_VLM_FAMILIES)
 RESPONSES = ["x = 5 so \\boxed{5}", "\\boxed{12}", "The area is 6 and the answer is \\boxed{6}"]
 PROBLEMS = ["Find x.", "Find the hypotenuse of the right triangle with legs 9 and 12.", "Find the area."]
-# (width, height): LLaVA-NeXT tiles them 2x2, 1x2 (batched pixel_values padded to 4 tiles) and 2x2 unpadded to 40x64
+# (width, height): LLaVA-NeXT tiles them 2x2, 1x2 (batched pixel_values padded to 4 tiles) and 2x2 unpadded to 40x64;
+# Idefics3 splits them into 4, 2 and 4 tiles plus a global view (the second row padded with 2 all-zero slots)
 IMAGE_SIZES = [(64, 64), (64, 32), (40, 64)]
 
 
@@ -102,7 +105,13 @@ def test_alignment_with_image(family: str) -> None:
     torch.testing.assert_close(teacher_logprobs(model, reordered), got[[2, 0]], rtol=1e-5, atol=1e-5)
     # the family's input matters: without it (the dropped-key bug) the forward fails or scores differently
     dropped = dataclasses.replace(inputs, extra={k: v for k, v in inputs.extra.items() if k != key})
-    assert _changes_or_fails(model, dropped, got)
+    if OTHER_VLM_FAMILIES[family]["family_key_required"]:
+        assert _changes_or_fails(model, dropped, got)
+    else:  # Idefics3: full-size tiles, so the model rebuilds the same mask; one that hides pixels reaches the model
+        torch.testing.assert_close(teacher_logprobs(model, dropped), got, rtol=1e-5, atol=1e-5)
+        hidden = inputs.extra[key].clone()
+        hidden[..., hidden.shape[-1] // 2 :] = 0
+        assert _changes_or_fails(model, dataclasses.replace(inputs, extra={**inputs.extra, key: hidden}), got)
     # the pixels reach the model (other pixels, other numbers), and the text-only teacher differs
     blank = dataclasses.replace(inputs, pixel_values=torch.zeros_like(inputs.pixel_values))
     assert _changes_or_fails(model, blank, got)
@@ -113,8 +122,9 @@ def test_alignment_with_image(family: str) -> None:
 
 
 def test_select_refuses_layouts_it_cannot_split() -> None:
-    """Image inputs ``select`` cannot split per row (Idefics3-style ``pixel_attention_mask``, or pixel_values that
-    are neither patch- nor image-indexed) raise, naming them, instead of being dropped."""
+    """Image inputs ``select`` cannot split per row (a ``pixel_attention_mask`` next to pixel_values that are not
+    row-indexed, as LFM2-VL's tile-indexed ones, or pixel_values that are neither patch-, image- nor row-indexed)
+    raise, naming them, instead of being dropped."""
     ids = torch.ones(2, 5, dtype=torch.long)
     base = TeacherInputs(input_ids=ids, attention_mask=ids, prompt_length=3, response_ids=ids[:, 3:],
                          response_mask=ids[:, 3:], num_images=[1, 1], pixel_values=torch.zeros(2, 3, 4, 4))
@@ -123,6 +133,33 @@ def test_select_refuses_layouts_it_cannot_split() -> None:
         dataclasses.replace(base, extra={"pixel_attention_mask": torch.ones(2, 1, 4, 4)}).select([0])
     with pytest.raises(ValueError, match=r"\['pixel_values'\]"):
         dataclasses.replace(base, pixel_values=torch.zeros(6, 3, 4, 4)).select([0])
+
+
+def test_select_splits_row_indexed_images() -> None:
+    """Idefics3's layout: ``pixel_values`` (rows, slots, 3, H, W) and ``pixel_attention_mask`` (rows, slots, H, W),
+    indexed by row whatever the image counts (here 2, 0 and 1 images: as many as rows, so an image-indexed reading
+    would pick the wrong pixels), padded slots all zero. ``select`` takes the rows and trims slots that are padding
+    in all of them; a selection without images has none."""
+    ids = torch.arange(15).reshape(3, 5)
+    pixels = torch.zeros(3, 2, 3, 4, 4)
+    pixels[0] = torch.rand(2, 3, 4, 4) + 1
+    pixels[2, 0] = torch.rand(3, 4, 4) + 1
+    mask = pixels.ne(0).any(2).long()
+    types = torch.zeros(3, 5, dtype=torch.long)
+    batch = TeacherInputs(input_ids=ids, attention_mask=torch.ones_like(ids), prompt_length=3,
+                          response_ids=ids[:, 3:], response_mask=torch.ones_like(ids[:, 3:]), num_images=[2, 0, 1],
+                          pixel_values=pixels, extra={"pixel_attention_mask": mask, "token_type_ids": types})
+    both = batch.select([2, 0])
+    assert both.pixel_values is not None and torch.equal(both.pixel_values, pixels[[2, 0]])
+    assert torch.equal(both.extra["pixel_attention_mask"], mask[[2, 0]]) and both.num_images == [1, 2]
+    assert torch.equal(both.input_ids, ids[[2, 0]]) and torch.equal(both.extra["token_type_ids"], types[[2, 0]])
+    last = batch.select([2])  # its second slot is padding: trimmed
+    assert last.pixel_values is not None and torch.equal(last.pixel_values, pixels[2:, :1])
+    assert torch.equal(last.extra["pixel_attention_mask"], mask[2:, :1])
+    empty = batch.select([1])
+    assert empty.pixel_values is None and set(empty.extra) == {"token_type_ids"} and empty.num_images == [0]
+    with pytest.raises(ValueError, match=r"\['image_sizes'\]"):
+        dataclasses.replace(batch, extra={**batch.extra, "image_sizes": torch.ones(3, 2)}).select([0])
 
 
 def _half_of_each_group(completions: list[Any], **kwargs: Any) -> list[float]:
@@ -174,7 +211,8 @@ def test_trl_cepo_trains_with_teacher_passes(family: str, tmp_path: Path) -> Non
     assert kinds.count("pos") == 8 and kinds.count("neg") == 8  # A != 0 on every row; r- = "" for every group
     teacher = [e for e in trainer.forward_log if e["kind"] == "teacher"]
     assert teacher == [{"step": 0, "kind": "teacher", "rows": 16, "padded_rows": 16, "chunks": 4}]
-    assert [e["rows"] for e in trainer.forward_log if e["kind"] == "student"] == [3]  # only our direct call
+    # only our direct call, on those 3 rows (select splits TRL's image inputs; no fallback to the whole batch)
+    assert [(e["rows"], e["padded_rows"]) for e in trainer.forward_log if e["kind"] == "student"] == [(3, 3)]
     mask = rec["mask"].bool()
     assert bool(rec["has_negative"].all()) and mask.any()
     # r- rows: context = student prompt + "" -> TRL's old log-probs
@@ -182,3 +220,26 @@ def test_trl_cepo_trains_with_teacher_passes(family: str, tmp_path: Path) -> Non
     rows = [5, 0, 3]
     torch.testing.assert_close(rec["student"][rows][mask[rows]], rec["old"][rows][mask[rows]], rtol=1e-4, atol=1e-4)
     assert torch.all(rec["student"][[1, 2, 4, 6, 7]] == 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trl_topk_teacher_micro_batches(family: str, tmp_path: Path) -> None:
+    """OPSD in top-k mode scores its teacher rows with a plain forward in micro-batches of
+    ``per_device_train_batch_size`` (``teacher_topk_logprobs`` -> ``TeacherInputs.select``): 8 teacher rows in
+    chunks of 4 must split the family's image inputs (Idefics3's row-indexed ``pixel_values`` and
+    ``pixel_attention_mask`` raised here before ``select`` could split them)."""
+    from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
+
+    model, processor = build_tiny_vlm(family)
+    args = CEPOGRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, steps_per_generation=2,
+        max_completion_length=8, max_steps=1, learning_rate=1e-3, report_to="none", use_cpu=True, bf16=False,
+        save_strategy="no", logging_steps=1, cepo_method="opsd", cepo_distill_mode="topk", cepo_distill_topk=5,
+        cepo_success_threshold=0.5,
+    )
+    trainer = CEPOTrainer(model=model, reward_funcs=[make_math_reward(), _half_of_each_group], args=args,
+                          train_dataset=to_conversational(make_geo3k_like(8)), processing_class=processor)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    teacher = [e for e in trainer.forward_log if e["kind"] == "teacher"]
+    assert teacher == [{"step": 0, "kind": "teacher", "rows": 8, "padded_rows": 8, "chunks": 2, "topk": 5}]

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised non-Qwen VLMs (LLaVA-NeXT, Gemma-3) and their processors, built fully offline.
+"""Tiny, randomly initialised non-Qwen VLMs (LLaVA-NeXT, Gemma-3, Idefics3) and their processors, built fully offline.
 
 The Qwen3-VL fixture (:mod:`cepo.testing.models`) feeds the model ``pixel_values``, ``image_grid_thw`` and
 ``mm_token_type_ids``. Other families take other inputs, and TRL forwards those too:
@@ -10,12 +10,17 @@ The Qwen3-VL fixture (:mod:`cepo.testing.models`) feeds the model ``pixel_values
 * **Gemma-3** (``Gemma3ForConditionalGeneration`` + ``Gemma3Processor``): ``pixel_values`` ``(images, 3, 32, 32)``
   and ``token_type_ids`` ``(rows, tokens)``, 1 on the image soft tokens, which attend to each other
   bidirectionally; without ``token_type_ids`` the attention is causal and the log-probs change.
+* **Idefics3** (SmolVLM; ``Idefics3ForConditionalGeneration`` + ``Idefics3Processor``): ``pixel_values`` indexed by
+  *row*, ``(rows, slots, 3, 32, 32)``, and ``pixel_attention_mask`` ``(rows, slots, 32, 32)``: an image is split into
+  32x32 tiles plus a 32x32 global view, each a slot; a row with fewer slots than the batch's largest is padded with
+  all-zero slots (mask 0), which the model drops. The processor's tiles are always full-size, so the mask is all ones
+  on real slots and the model rebuilds the same mask when it is missing; a mask that hides pixels changes the forward.
 
-Both are built on the tokenizer of :func:`cepo.testing.build_qwen_tokenizer` with the family's image tokens added as
+All are built on the tokenizer of :func:`cepo.testing.build_qwen_tokenizer` with the family's image tokens added as
 named special tokens (``tokenizer.image_token`` / ``tokenizer.image_token_id``, as the processors read them) and a
 ChatML template (:func:`family_chat_template`) that renders an image item as the family's image placeholder.
 Sizes: text decoder of 2 layers, hidden 64 (:data:`~cepo.testing.models.TINY_TEXT_KWARGS`), vision tower of
-2 layers, hidden 32, 32x32 input with patch 8 / 16; about 0.3M parameters each, built in well under a second::
+2 layers, hidden 32, 32x32 input with patch 8; about 0.3M parameters each, built in well under a second::
 
     from cepo.testing import build_tiny_vlm
 
@@ -37,6 +42,10 @@ from transformers import (
     Gemma3ForConditionalGeneration,
     Gemma3ImageProcessor,
     Gemma3Processor,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
@@ -44,6 +53,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     ProcessorMixin,
 )
+from transformers.image_utils import PILImageResampling
 
 from cepo.testing.models import TINY_TEXT_KWARGS, _seeded_model, _token_id
 from cepo.testing.tokenizer import CHAT_TEMPLATE, ENDOFTEXT, IM_END, QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
@@ -53,19 +63,27 @@ __all__ = [
     "GEMMA3_EOI",
     "GEMMA3_IMAGE_SEQ_LENGTH",
     "GEMMA3_IMAGE_TOKEN",
+    "IDEFICS3_FAKE_IMAGE_TOKEN",
+    "IDEFICS3_GLOBAL_IMAGE_TOKEN",
+    "IDEFICS3_IMAGE_SEQ_LENGTH",
+    "IDEFICS3_IMAGE_TOKEN",
     "LLAVA_NEXT_GRID_PINPOINTS",
     "LLAVA_NEXT_IMAGE_TOKEN",
     "OTHER_VLM_FAMILIES",
     "build_family_tokenizer",
     "build_gemma3_tokenizer",
+    "build_idefics3_tokenizer",
     "build_llava_next_tokenizer",
     "build_tiny_gemma3",
     "build_tiny_gemma3_processor",
+    "build_tiny_idefics3",
+    "build_tiny_idefics3_processor",
     "build_tiny_llava_next",
     "build_tiny_llava_next_processor",
     "build_tiny_vlm",
     "family_chat_template",
     "tiny_gemma3_config",
+    "tiny_idefics3_config",
     "tiny_llava_next_config",
 ]
 
@@ -86,6 +104,17 @@ GEMMA3_IMAGE_TOKEN = "<image_soft_token>"
 GEMMA3_IMAGE_SEQ_LENGTH = 4
 _GEMMA3_IMAGE_SIZE = 32
 _GEMMA3_PATCH_SIZE = 8
+
+IDEFICS3_IMAGE_TOKEN = "<image>"
+IDEFICS3_FAKE_IMAGE_TOKEN = "<fake_token_around_image>"
+IDEFICS3_GLOBAL_IMAGE_TOKEN = "<global-img>"
+_IDEFICS3_END_OF_UTTERANCE = "<end_of_utterance>"  # the processor adds it to the tokenizer; registered up front
+_IDEFICS3_TILE_SIZE = 32  # max_image_size: the side of every tile and of the global view
+_IDEFICS3_MAX_SIZE = 64  # longest edge an image is first resized to: at most 2x2 tiles
+_IDEFICS3_PATCH_SIZE = 8
+_IDEFICS3_SCALE_FACTOR = 2
+#: ``<image>`` tokens per tile / global view: the 4x4 patch grid of a 32x32 tile pixel-shuffled by 2 to 2x2.
+IDEFICS3_IMAGE_SEQ_LENGTH = (_IDEFICS3_TILE_SIZE // _IDEFICS3_PATCH_SIZE) ** 2 // _IDEFICS3_SCALE_FACTOR**2
 
 _TINY_VISION_TOWER: dict[str, Any] = {
     "hidden_size": 32,
@@ -283,19 +312,108 @@ def build_tiny_gemma3_processor(tokenizer: PreTrainedTokenizerFast | None = None
     )
 
 
-#: Family name -> (tokenizer builder, model builder, processor builder), and the model input that family adds.
+# -- Idefics3 (SmolVLM) -------------------------------------------------------------------------------------------
+
+
+def build_idefics3_tokenizer() -> PreTrainedTokenizerFast:
+    """Fixture tokenizer with Idefics3's ``<image>``, ``<fake_token_around_image>``, ``<global-img>`` and
+    ``<end_of_utterance>`` (``image_token``, ``fake_image_token``, ``global_image_token``, ``end_of_utterance_token``);
+    images render as ``<image>``, which the processor expands per tile and for the global view (the ``<row_i_col_j>``
+    tile tags stay plain text)."""
+    named = {
+        "image_token": IDEFICS3_IMAGE_TOKEN,
+        "fake_image_token": IDEFICS3_FAKE_IMAGE_TOKEN,
+        "global_image_token": IDEFICS3_GLOBAL_IMAGE_TOKEN,
+        "end_of_utterance_token": _IDEFICS3_END_OF_UTTERANCE,
+    }
+    return build_family_tokenizer(named, IDEFICS3_IMAGE_TOKEN)
+
+
+def tiny_idefics3_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Idefics3Config:
+    """The :class:`~transformers.Idefics3Config` of :func:`build_tiny_idefics3`: a 2-layer Idefics3 (SigLIP-style)
+    vision tower on 32x32 tiles with 8x8 patches, pixel-shuffled by 2 to :data:`IDEFICS3_IMAGE_SEQ_LENGTH` tokens,
+    and a 2-layer Llama decoder (as SmolVLM)."""
+    tokenizer = build_idefics3_tokenizer() if tokenizer is None else tokenizer
+    return Idefics3Config(
+        vision_config={
+            **_TINY_VISION_TOWER,
+            "image_size": _IDEFICS3_TILE_SIZE,
+            "patch_size": _IDEFICS3_PATCH_SIZE,
+        },
+        text_config={
+            "model_type": "llama",
+            **TINY_TEXT_KWARGS,
+            "vocab_size": len(tokenizer),
+            "pad_token_id": _token_id(tokenizer, ENDOFTEXT),
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+        image_token_id=_token_id(tokenizer, IDEFICS3_IMAGE_TOKEN),
+        scale_factor=_IDEFICS3_SCALE_FACTOR,
+        pad_token_id=_token_id(tokenizer, ENDOFTEXT),
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_idefics3(
+    tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0
+) -> Idefics3ForConditionalGeneration:
+    """A randomly initialised, float32 :class:`~transformers.Idefics3ForConditionalGeneration` (about 0.3M
+    parameters) for ``tokenizer`` (default: :func:`build_idefics3_tokenizer`); weights depend only on ``seed``."""
+    tokenizer = build_idefics3_tokenizer() if tokenizer is None else tokenizer
+    return _seeded_model(Idefics3ForConditionalGeneration, tiny_idefics3_config(tokenizer), tokenizer, seed)
+
+
+def build_tiny_idefics3_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Idefics3Processor:
+    """An :class:`~transformers.Idefics3Processor` matching :func:`build_tiny_idefics3`.
+
+    Images are resized to a longest edge of 64, rounded up to multiples of 32 and split into 32x32 tiles, followed by
+    a 32x32 global view (a 64x64 image: 4 tiles + 1 = 5 slots; 64 wide and 32 high: 2 + 1 = 3). ``<image>`` expands
+    to ``<fake_token_around_image><row_i_col_j>`` + 4 ``<image>`` per tile, a newline per tile row, then
+    ``\\n<fake_token_around_image><global-img>`` + 4 ``<image>`` + ``<fake_token_around_image>``. Returns
+    ``input_ids``, ``attention_mask``, ``pixel_values`` (rows, slots, 3, 32, 32) and ``pixel_attention_mask``
+    (rows, slots, 32, 32), slots padded to the batch's largest count.
+    """
+    tokenizer = build_idefics3_tokenizer() if tokenizer is None else tokenizer
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": _IDEFICS3_MAX_SIZE},
+        max_image_size={"longest_edge": _IDEFICS3_TILE_SIZE},
+        do_image_splitting=True,
+        resample=PILImageResampling.BICUBIC,  # what the torchvision backend uses anyway (it has no LANCZOS)
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=IDEFICS3_IMAGE_SEQ_LENGTH,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+#: Family name -> (tokenizer builder, model builder, processor builder), the model input that family adds, and
+#: whether the forward changes without it (Idefics3's mask only matters for images padded within a slot, which its
+#: processor never makes; one that hides pixels changes the forward).
 OTHER_VLM_FAMILIES: dict[str, dict[str, Any]] = {
     "llava_next": {
         "tokenizer": build_llava_next_tokenizer,
         "model": build_tiny_llava_next,
         "processor": build_tiny_llava_next_processor,
         "family_key": "image_sizes",
+        "family_key_required": True,
     },
     "gemma3": {
         "tokenizer": build_gemma3_tokenizer,
         "model": build_tiny_gemma3,
         "processor": build_tiny_gemma3_processor,
         "family_key": "token_type_ids",
+        "family_key_required": True,
+    },
+    "idefics3": {
+        "tokenizer": build_idefics3_tokenizer,
+        "model": build_tiny_idefics3,
+        "processor": build_tiny_idefics3_processor,
+        "family_key": "pixel_attention_mask",
+        "family_key_required": False,  # full-size tiles: the model rebuilds the same all-ones mask without it
     },
 }
 
