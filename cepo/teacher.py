@@ -295,6 +295,11 @@ class TeacherInputs:
             if images:
                 pixel_values = torch.cat([self.pixel_values[patch_start[i] : patch_start[i + 1]] for i in images])
                 image_grid_thw = self.image_grid_thw[images]
+        return self._rows(rows, index, pixel_values, image_grid_thw, per_row)
+
+    def _rows(self, rows: Sequence[int], index: torch.Tensor, pixel_values: torch.Tensor | None,
+              image_grid_thw: torch.Tensor | None, extra: dict[str, torch.Tensor]) -> TeacherInputs:
+        """The per-token tensors of ``rows`` (``index``) with the given, already selected, image inputs."""
         return TeacherInputs(
             input_ids=self.input_ids[index],
             attention_mask=self.attention_mask[index],
@@ -305,7 +310,7 @@ class TeacherInputs:
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
             mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[index],
-            extra=per_row,
+            extra=extra,
         )
 
     def _select_by_row(self, rows: Sequence[int], index: torch.Tensor) -> TeacherInputs:
@@ -329,17 +334,7 @@ class TeacherInputs:
                     f"cannot select rows of a teacher batch with {[key]} next to row-indexed pixel_values; "
                     "score it whole (micro_batch_size=None) or through the engine's own log-prob routine"
                 )
-        return TeacherInputs(
-            input_ids=self.input_ids[index],
-            attention_mask=self.attention_mask[index],
-            prompt_length=self.prompt_length,
-            response_ids=self.response_ids[index],
-            response_mask=self.response_mask[index],
-            num_images=[self.num_images[r] for r in rows] if self.num_images else [],
-            pixel_values=pixel_values[:, :slots] if slots else None,
-            mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[index],
-            extra=extra,
-        )
+        return self._rows(rows, index, pixel_values[:, :slots] if slots else None, None, extra)
 
 
 def build_teacher_inputs(

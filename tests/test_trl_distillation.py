@@ -118,6 +118,18 @@ def _trainer(smoke_model: Path, tmp_path: Path, method: str, peft: bool = False,
     return trainer
 
 
+def _float64_student(model: torch.nn.Module, batch: dict[str, Any], temperature: float) -> torch.Tensor:
+    """(B, T, V) student log-probs of a recorded micro-batch from a float64 forward of ``model`` (Qwen3-VL inputs)."""
+    completion = batch["completion_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([batch["prompt_ids"], completion], 1),
+                       attention_mask=torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+                       pixel_values=batch["pixel_values"].double(), image_grid_thw=batch["image_grid_thw"],
+                       mm_token_type_ids=batch["mm_token_type_ids"]).logits
+    t = completion.shape[1]
+    return torch.log_softmax(logits[:, -(t + 1) : -1] / temperature, dim=-1)
+
+
 def _teacher_rows(trainer: _Recording, method: str, gen: dict[str, Any]) -> tuple[list[int], list[str], str]:
     """Independently: the rows with a distillation teacher, their hints and the template."""
     rewards = gen["rewards"]
@@ -177,15 +189,7 @@ def test_topk_teacher_and_loss(method: str, tail: bool, alpha: float, weight: fl
     assert len(trainer.losses) == 1  # one micro-step at round 0's weights
     rec = trainer.losses[0]
     batch = rec["inputs"]
-    model = model.double()
-    completion = batch["completion_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.cat([batch["prompt_ids"], completion], 1),
-                       attention_mask=torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
-                       pixel_values=batch["pixel_values"].double(), image_grid_thw=batch["image_grid_thw"],
-                       mm_token_type_ids=batch["mm_token_type_ids"]).logits
-    t = completion.shape[1]
-    student = torch.log_softmax(logits[:, -(t + 1) : -1] / trainer.temperature, dim=-1)
+    student = _float64_student(model.double(), batch, trainer.temperature)
     per_token = divergence_on_teacher_topk(student, batch["teacher_topk_logps"].double(),
                                            batch["teacher_topk_indices"].long(), alpha=alpha, tail=tail)
     distill_tokens = (out["completion_mask"] * has_teacher.unsqueeze(-1)).sum().double()
@@ -220,13 +224,7 @@ def test_topk_importance_clip_on_the_second_update(smoke_model: Path, tmp_path: 
         assert batch["old_per_token_logps"] is not None
         model.load_state_dict(rec["weights"])
         completion = batch["completion_ids"]
-        with torch.no_grad():
-            logits = model(input_ids=torch.cat([batch["prompt_ids"], completion], 1),
-                           attention_mask=torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
-                           pixel_values=batch["pixel_values"].double(), image_grid_thw=batch["image_grid_thw"],
-                           mm_token_type_ids=batch["mm_token_type_ids"]).logits
-        t = completion.shape[1]
-        student = torch.log_softmax(logits[:, -(t + 1) : -1] / trainer.temperature, dim=-1)
+        student = _float64_student(model, batch, trainer.temperature)
         per_token = divergence_on_teacher_topk(student, batch["teacher_topk_logps"].double(),
                                                batch["teacher_topk_indices"].long(), alpha=0.5, tail=True)
         sampled = student.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
