@@ -99,6 +99,12 @@ WORDS = ("the", "triangle", "has", "sides", "and", "angles", "so", "find", "valu
          "is", "equal", "to", "product", "base", "height", "divided", "by", "two", "where", "each", "side", "length")
 
 
+def rendered_prompt_tokens(tokenizer: Any, content: str) -> int:
+    """Token count of one user message rendered with the chat template and the generation prompt."""
+    return len(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"])
+
+
 def make_prompts(tokenizer: Any, n: int, prompt_tokens: int, seed: int) -> list[dict[str, Any]]:
     """``n`` problems whose chat-rendered prompt is about ``prompt_tokens`` tokens, each with an integer answer."""
     rng = random.Random(seed)
@@ -108,21 +114,13 @@ def make_prompts(tokenizer: Any, n: int, prompt_tokens: int, seed: int) -> list[
         text = ""
         while True:
             candidate = " ".join([*words, rng.choice(WORDS)])
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": candidate + " Find x."}],
-                                                     add_generation_prompt=True, tokenize=False)
-            if len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) > prompt_tokens:
+            if rendered_prompt_tokens(tokenizer, candidate + " Find x.") > prompt_tokens:
                 break
             words = candidate.split()
             text = candidate
         rows.append({"prompt": [{"role": "user", "content": (text or "Find") + " Find x."}],
                      "answer": str(10 + i)})
     return rows
-
-
-def rendered_prompt_tokens(tokenizer: Any, content: str) -> int:
-    """Token count of one user message rendered with the chat template and the generation prompt."""
-    return len(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"])
 
 
 class Replay:

@@ -24,6 +24,7 @@ from PIL import Image
 from cepo.data import student_prompt, to_conversational
 from cepo.teacher import STUDENT_TEMPLATE, TeacherInputs, build_teacher_inputs, teacher_logprobs
 from cepo.testing import OTHER_VLM_FAMILIES, build_tiny_vlm, make_geo3k_like
+from cepo.testing.trl_runs import first_half_correct, pad_responses
 
 FAMILIES = sorted(OTHER_VLM_FAMILIES)
 RESPONSES = ["x = 5 so \\boxed{5}", "\\boxed{12}", "The area is 6 and the answer is \\boxed{6}"]
@@ -31,18 +32,6 @@ PROBLEMS = ["Find x.", "Find the hypotenuse of the right triangle with legs 9 an
 # (width, height): LLaVA-NeXT tiles them 2x2, 1x2 (batched pixel_values padded to 4 tiles) and 2x2 unpadded to 40x64;
 # Idefics3 splits them into 4, 2 and 4 tiles plus a global view (the second row padded with 2 all-zero slots)
 IMAGE_SIZES = [(64, 64), (64, 32), (40, 64)]
-
-
-def _responses(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [end] for r in RESPONSES]
-    width = max(map(len, ids))
-    padded = torch.full((len(ids), width), tokenizer.pad_token_id)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for i, row in enumerate(ids):
-        padded[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return padded, mask, ids
 
 
 def _noise_image(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -86,7 +75,7 @@ def test_alignment_with_image(family: str) -> None:
     images = [[_noise_image(i, size)] for i, size in enumerate(IMAGE_SIZES)]
     messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": student_prompt(p)}]}]
                 for p in PROBLEMS]
-    response_ids, mask, rows = _responses(processor.tokenizer)
+    response_ids, mask, rows = pad_responses(processor.tokenizer, RESPONSES)
     inputs = build_teacher_inputs(processor, messages, [""] * 3, response_ids, mask, images, template=STUDENT_TEMPLATE)
     assert key in inputs.extra and inputs.pixel_values is not None and inputs.image_grid_thw is None
     assert "image_grid_thw" not in inputs.model_kwargs()
@@ -162,11 +151,6 @@ def test_select_splits_row_indexed_images() -> None:
         dataclasses.replace(batch, extra={**batch.extra, "image_sizes": torch.ones(3, 2)}).select([0])
 
 
-def _half_of_each_group(completions: list[Any], **kwargs: Any) -> list[float]:
-    """Reward 1 for the first half of every group of 4 (by position), 0 for the rest: every group has A != 0."""
-    return [1.0 if i % 4 < 2 else 0.0 for i in range(len(completions))]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trl_cepo_trains_with_teacher_passes(family: str, tmp_path: Path) -> None:
     """Two optimizer steps of CEPO on the tiny model with the family's image inputs in every teacher pass.
@@ -199,7 +183,7 @@ def test_trl_cepo_trains_with_teacher_passes(family: str, tmp_path: Path) -> Non
         save_strategy="no", logging_steps=1, cepo_method="cepo", cepo_teacher_template=STUDENT_TEMPLATE,
         cepo_neg_requires_answer=False,
     )
-    trainer = Recording(model=model, reward_funcs=[make_math_reward(), _half_of_each_group], args=args,
+    trainer = Recording(model=model, reward_funcs=[make_math_reward(), first_half_correct], args=args,
                         train_dataset=to_conversational(make_geo3k_like(8)), processing_class=processor)
     trainer.recorded = []
     trainer.train()
@@ -237,7 +221,7 @@ def test_trl_topk_teacher_micro_batches(family: str, tmp_path: Path) -> None:
         save_strategy="no", logging_steps=1, cepo_method="opsd", cepo_distill_mode="topk", cepo_distill_topk=5,
         cepo_success_threshold=0.5,
     )
-    trainer = CEPOTrainer(model=model, reward_funcs=[make_math_reward(), _half_of_each_group], args=args,
+    trainer = CEPOTrainer(model=model, reward_funcs=[make_math_reward(), first_half_correct], args=args,
                           train_dataset=to_conversational(make_geo3k_like(8)), processing_class=processor)
     trainer.train()
     assert trainer.state.global_step == 1

@@ -15,6 +15,7 @@ from cepo.teacher import (
     teacher_logprobs,
 )
 from cepo.testing import build_qwen_tokenizer, build_tiny_processor, build_tiny_qwen3vl, build_tiny_text_lm
+from cepo.testing.trl_runs import pad_responses
 
 RESPONSES = ["x = 5 so \\boxed{5}", "\\boxed{12}", "The area is 6 and the answer is \\boxed{6}"]
 PROBLEMS = ["Find x.", "Find the hypotenuse of the right triangle with legs 9 and 12.", "Find the area."]
@@ -23,18 +24,6 @@ PROBLEMS = ["Find x.", "Find the hypotenuse of the right triangle with legs 9 an
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_qwen_tokenizer()
-
-
-def _responses(tokenizer) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [end] for r in RESPONSES]
-    width = max(map(len, ids))
-    padded = torch.full((len(ids), width), tokenizer.pad_token_id)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for i, row in enumerate(ids):
-        padded[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return padded, mask, ids
 
 
 def _direct_logps(model, prompt_ids: torch.Tensor, response: list[int], **extra: torch.Tensor) -> torch.Tensor:
@@ -53,7 +42,7 @@ def _direct_logps(model, prompt_ids: torch.Tensor, response: list[int], **extra:
 def test_alignment_text_model(tokenizer) -> None:
     model = build_tiny_text_lm(tokenizer).eval()
     messages = [[{"role": "user", "content": student_prompt(p)}] for p in PROBLEMS]
-    response_ids, mask, rows = _responses(tokenizer)
+    response_ids, mask, rows = pad_responses(tokenizer, RESPONSES)
     inputs = build_teacher_inputs(tokenizer, messages, [""] * 3, response_ids, mask, template=STUDENT_TEMPLATE)
     got = teacher_logprobs(model, inputs)
     assert inputs.attention_mask[:, 0].tolist().count(0) >= 1  # prompts really were left-padded
@@ -71,7 +60,7 @@ def test_alignment_qwen3vl_with_image(tokenizer) -> None:
     images = [[Image.new("RGB", (64 + 32 * i, 64), (40 * i, 200, 90))] for i in range(3)]
     messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": student_prompt(p)}]}]
                 for p in PROBLEMS]
-    response_ids, mask, rows = _responses(tokenizer)
+    response_ids, mask, rows = pad_responses(tokenizer, RESPONSES)
     inputs = build_teacher_inputs(processor, messages, [""] * 3, response_ids, mask, images, template=STUDENT_TEMPLATE)
     got = teacher_logprobs(model, inputs)
     assert inputs.pixel_values is not None and inputs.mm_token_type_ids is not None
@@ -98,7 +87,7 @@ def test_hint_goes_into_the_user_turn(tokenizer) -> None:
     rendered = render_teacher_messages(messages[0], "12")
     assert rendered[0]["content"][1]["text"] == "Find x.\n\nHere is a sample answer: 12"
     assert messages[0][0]["content"][1]["text"] == "Find x."  # the input is not modified
-    response_ids, mask, _ = _responses(tokenizer)
+    response_ids, mask, _ = pad_responses(tokenizer, RESPONSES)
     inputs = build_teacher_inputs(processor, messages, ["12"], response_ids[:1], mask[:1], [[image]])
     prompt = tokenizer.decode(inputs.input_ids[0, : inputs.prompt_length])
     assert prompt.endswith("Here is a sample answer: 12<|im_end|>\n<|im_start|>assistant\n")
@@ -108,7 +97,7 @@ def test_hint_goes_into_the_user_turn(tokenizer) -> None:
 
 def test_teacher_bad_input(tokenizer) -> None:
     processor = build_tiny_processor(tokenizer)
-    response_ids, mask, _ = _responses(tokenizer)
+    response_ids, mask, _ = pad_responses(tokenizer, RESPONSES)
     msgs = [[{"role": "user", "content": "Find x."}]] * 3
     with pytest.raises(ValueError, match="hints has 2 entries"):
         build_teacher_inputs(tokenizer, msgs, ["1", "2"], response_ids, mask)
@@ -138,7 +127,7 @@ def test_alignment_with_chat_template_kwargs(tokenizer) -> None:
     kwargs = {"enable_thinking": False}
     model = build_tiny_text_lm(tokenizer).eval()
     messages = [[{"role": "user", "content": student_prompt(p)}] for p in PROBLEMS]
-    response_ids, mask, rows = _responses(tokenizer)
+    response_ids, mask, rows = pad_responses(tokenizer, RESPONSES)
     inputs = build_teacher_inputs(tokenizer, messages, [""] * 3, response_ids, mask, template=STUDENT_TEMPLATE,
                                   chat_template_kwargs=kwargs)
     got = teacher_logprobs(model, inputs)
@@ -163,7 +152,7 @@ def test_processed_image_inputs_give_the_same_teacher(tokenizer) -> None:
     images = [[Image.new("RGB", (64 + 32 * i, 64), (40 * i, 200, 90))] for i in range(3)]
     messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": student_prompt(p)}]}]
                 for p in PROBLEMS]
-    response_ids, mask, _ = _responses(tokenizer)
+    response_ids, mask, _ = pad_responses(tokenizer, RESPONSES)
     processed = []
     for conv, imgs in zip(messages, images, strict=True):
         text = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)

@@ -17,6 +17,7 @@ from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
 from cepo.smoke import run_smoke
 from cepo.testing import make_geo3k_like
+from cepo.testing.trl_runs import tiny_run_settings
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -96,12 +97,7 @@ class _Recording(CEPOTrainer):
 def _trainer(smoke_model: Path, tmp_path: Path, method: str, reward: Any, **extra: Any) -> _Recording:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path), "per_device_train_batch_size": 16, "num_generations": 4,
-        "max_completion_length": 16, "max_steps": 1, "learning_rate": 1e-3, "report_to": "none", "use_cpu": True,
-        "save_strategy": "no", "logging_steps": 1, "cepo_method": method,
-    }
-    args = CEPOGRPOConfig(**{**settings, **extra})
+    args = CEPOGRPOConfig(**tiny_run_settings(tmp_path, method, **extra))
     trainer = _Recording(
         model=AutoModelForImageTextToText.from_pretrained(smoke_model), reward_funcs=reward, args=args,
         train_dataset=to_conversational(make_geo3k_like(32)),

@@ -31,13 +31,9 @@ from cepo.integrations.trl.trainer import EMA_ADAPTER, EMA_FILE
 from cepo.recipes import ConfigError, compose_method_config, configs_dir
 from cepo.teacher import build_teacher_inputs, teacher_logprobs, teacher_topk_logprobs
 from cepo.testing import make_geo3k_like
+from cepo.testing.trl_runs import first_half_correct, tiny_run_settings
 
 K = 20
-
-
-def first_half_correct(completions: list[Any], **_: Any) -> list[float]:
-    """1.0 for the first half of every group of 4 (by position): groups always have successes and failures."""
-    return [1.0 if i % 4 < 2 else 0.0 for i in range(len(completions))]
 
 
 def _clone(value: Any) -> Any:
@@ -102,11 +98,7 @@ def _trainer(smoke_model: Path, tmp_path: Path, method: str, peft: bool = False,
 
     from cepo.integrations.trl.run import lora_config
 
-    settings = {
-        "output_dir": str(tmp_path), "per_device_train_batch_size": 16, "num_generations": 4,
-        "max_completion_length": 16, "max_steps": 1, "learning_rate": 1e-3, "report_to": "none", "use_cpu": True,
-        "bf16": False, "save_strategy": "no", "logging_steps": 1, "cepo_method": method, **extra,
-    }
+    settings = tiny_run_settings(tmp_path, method, bf16=False, **extra)
     trainer = _Recording(
         model=AutoModelForImageTextToText.from_pretrained(smoke_model),
         reward_funcs=[make_math_reward(), first_half_correct], args=CEPOGRPOConfig(**settings),

@@ -23,11 +23,7 @@ from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
 from cepo.integrations.trl.rewards import completion_text
 from cepo.teacher import STUDENT_TEMPLATE, build_teacher_inputs, teacher_logprobs
 from cepo.testing import make_geo3k_like
-
-
-def first_half_correct(completions: list[Any], **_: Any) -> list[float]:
-    """1.0 for the first half of every group of 4 (by position): groups always have successes and failures."""
-    return [1.0 if i % 4 < 2 else 0.0 for i in range(len(completions))]
+from cepo.testing.trl_runs import first_half_correct, tiny_run_settings
 
 
 class _Recording(CEPOTrainer):
@@ -47,11 +43,7 @@ class _Recording(CEPOTrainer):
 def _train(method: str, smoke_model: Path, tmp_path: Path, **extra: Any) -> _Recording:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    settings = {
-        "output_dir": str(tmp_path), "per_device_train_batch_size": 16, "num_generations": 4,
-        "max_completion_length": 16, "max_steps": 1, "learning_rate": 1e-3, "report_to": "none", "use_cpu": True,
-        "bf16": False, "save_strategy": "no", "logging_steps": 1, "cepo_method": method, **extra,
-    }
+    settings = tiny_run_settings(tmp_path, method, bf16=False, **extra)
     trainer = _Recording(
         model=AutoModelForImageTextToText.from_pretrained(smoke_model),
         reward_funcs=[make_math_reward(), first_half_correct], args=CEPOGRPOConfig(**settings),

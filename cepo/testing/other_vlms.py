@@ -56,7 +56,12 @@ from transformers import (
 from transformers.image_utils import PILImageResampling
 
 from cepo.testing.models import TINY_TEXT_KWARGS, _seeded_model, _token_id
-from cepo.testing.tokenizer import CHAT_TEMPLATE, ENDOFTEXT, IM_END, QWEN_SPECIAL_TOKENS, build_qwen_tokenizer
+from cepo.testing.tokenizer import (
+    CHAT_TEMPLATE,
+    ENDOFTEXT,
+    build_qwen_tokenizer,
+    wrap_backend,
+)
 
 __all__ = [
     "GEMMA3_BOI",
@@ -148,20 +153,7 @@ def build_family_tokenizer(named_tokens: Mapping[str, str], image_markup: str) -
     """
     backend = build_qwen_tokenizer().backend_tokenizer  # a fresh backend: adding tokens leaves no other tokenizer
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in named_tokens.values()])
-    template = family_chat_template(image_markup)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=None,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        unk_token=None,
-        extra_special_tokens=[t for t in QWEN_SPECIAL_TOKENS if t not in (IM_END, ENDOFTEXT)],
-        model_specific_special_tokens=dict(named_tokens),
-        chat_template=template,
-        model_max_length=32768,
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
-    )
+    return wrap_backend(backend, family_chat_template(image_markup), model_specific_special_tokens=dict(named_tokens))
 
 
 # -- LLaVA-NeXT ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -245,17 +246,23 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
     :data:`CHAT_TEMPLATE`.  Like Qwen's, it has no ``image_token`` attribute: Qwen's processors then fall back
     to the literal ``<|image_pad|>`` / ``<|video_pad|>`` / ``<|vision_start|>`` / ``<|vision_end|>`` strings.
     """
-    backend = Tokenizer.from_str(_tokenizer_json())
-    tokenizer = PreTrainedTokenizerFast(
+    return wrap_backend(Tokenizer.from_str(_tokenizer_json()), CHAT_TEMPLATE)
+
+
+def wrap_backend(backend: Tokenizer, chat_template: str, **extra: Any) -> PreTrainedTokenizerFast:
+    """A ``PreTrainedTokenizerFast`` over ``backend`` with the Qwen special-token roles (``eos = <|im_end|>``,
+    ``pad = <|endoftext|>``, no BOS / UNK, the other Qwen tokens as extra special tokens) and ``chat_template``;
+    ``extra`` adds constructor arguments (e.g. a family's ``model_specific_special_tokens``)."""
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=None,
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
         unk_token=None,
         extra_special_tokens=[t for t in QWEN_SPECIAL_TOKENS if t not in (IM_END, ENDOFTEXT)],
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
+        **extra,
     )
-    return tokenizer
