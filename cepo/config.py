@@ -179,6 +179,7 @@ class CEPOConfig:
             raise ValueError(f"cepo.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 < self.eps_w < 1.0:
             raise ValueError(f"cepo.eps_w must be in (0, 1) (Theorem 1), got {self.eps_w}")
+        self._check_lambda_not_always_zero()
         if self.negative_reference not in NEGATIVE_REFERENCES:
             raise ValueError(
                 f"cepo.negative_reference must be one of {list(NEGATIVE_REFERENCES)}, got {self.negative_reference!r}"
@@ -209,6 +210,23 @@ class CEPOConfig:
         if not 0.0 < self.conspo.margin_warmup_ratio <= 1.0:
             raise ValueError(
                 f"cepo.conspo.margin_warmup_ratio must be in (0, 1], got {self.conspo.margin_warmup_ratio}"
+            )
+
+    def _check_lambda_not_always_zero(self) -> None:
+        """A lambda-gated method (RLSD, CEPO) with lambda 0 at every step is GRPO (Eq. 7 gives ``A_t = A``): refuse
+        the settings that make it so (``lam0 = 0``; the linear schedule over ``warmup_steps = 0``), naming the fix."""
+        if not get_method(self.method).lambda_gated:
+            return
+        if self.lam0 == 0:
+            raise ValueError(
+                f"cepo.lam0=0 makes lambda 0 at every step, so cepo.method={self.method} would train plain GRPO "
+                f"(Eq. 7); set cepo.method=grpo (and algorithm.adv_estimator=grpo) for GRPO, or cepo.lam0 > 0"
+            )
+        if self.lambda_schedule == "linear" and self.warmup_steps == 0:
+            raise ValueError(
+                f"cepo.warmup_steps=0 with cepo.lambda_schedule=linear makes lambda 0 at every step, so "
+                f"cepo.method={self.method} would train plain GRPO; set cepo.lambda_schedule=constant (lambda = "
+                f"cepo.lam0 throughout), cepo.warmup_steps > 0, or cepo.method=grpo for GRPO"
             )
 
     def _validate_distill(self) -> None:

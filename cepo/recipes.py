@@ -354,6 +354,19 @@ def _check_one_update_per_rollout(cfg: DictConfig, estimator: str) -> None:
     _require(mode == "token-mean", "actor_rollout_ref.actor.loss_agg_mode",
              f"must be token-mean with algorithm.adv_estimator={estimator} (its advantages are spread for a token "
              f"mean), got {mode!r}")
+    exact = f"with algorithm.adv_estimator={estimator} (its advantages are the objective's exact gradient at ratio 1)"
+    correction = OmegaConf.select(cfg, "algorithm.rollout_correction", default=None) or {}
+    enabled = [f"{k}={correction.get(k)}" for k in ("rollout_is", "rollout_rs") if correction.get(k) is not None]
+    enabled += ["bypass_mode=true"] if correction.get("bypass_mode", False) else []
+    _require(not enabled, "algorithm.rollout_correction",
+             f"must be off {exact}: {', '.join(enabled)} reweights or rejects its tokens by the rollout/trainer "
+             "probability ratio; set algorithm.rollout_correction.rollout_is=null, rollout_rs=null, bypass_mode=false")
+    _require(not OmegaConf.select(cfg, "actor_rollout_ref.actor.use_kl_loss", default=False),
+             "actor_rollout_ref.actor.use_kl_loss",
+             f"must be false {exact}: the KL loss term adds a gradient that is not ConSPO's; set it to false")
+    entropy = OmegaConf.select(cfg, "actor_rollout_ref.actor.entropy_coeff", default=0)
+    _require(not entropy, "actor_rollout_ref.actor.entropy_coeff",
+             f"must be 0 {exact}: the entropy bonus adds a gradient that is not ConSPO's, got {entropy}; set it to 0")
 
 
 def _check_teacher_pass_features(cfg: DictConfig, estimator: str) -> None:

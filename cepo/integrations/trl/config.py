@@ -7,6 +7,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from cepo.algorithms import get_method
 from cepo.config import SDPO_TEMPLATE, CEPOConfig
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE
 
@@ -100,7 +101,49 @@ class CEPOGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.cepo_config()  # validate early, naming the key
+        cfg = self.cepo_config()  # validate early, naming the key
+        if get_method(cfg.method).one_update_per_rollout:
+            self._check_one_update_per_rollout(cfg.method)
+
+    def _check_one_update_per_rollout(self, method: str) -> None:
+        """ConSPO's objective has no importance ratio: its advantages are its exact gradient at the rollout policy
+        (ratio 1), so each rollout batch makes exactly one optimizer step, token-mean over the batch, and nothing in
+        TRL's loss may reweight, clip or drop its tokens or add another gradient. One line per setting that would."""
+        if self.steps_per_generation != self.gradient_accumulation_steps or self.num_iterations != 1:
+            raise ValueError(
+                f"method {method!r} needs one optimizer step per generation round: set steps_per_generation = "
+                f"gradient_accumulation_steps (got {self.steps_per_generation} and "
+                f"{self.gradient_accumulation_steps}) and num_iterations=1 (got {self.num_iterations}); on "
+                "cepo train: actor_rollout_ref.actor.ppo_mini_batch_size = data.train_batch_size, ppo_epochs=1"
+            )
+        exact = f"with cepo_method={method!r} (its advantages are the objective's exact gradient at ratio 1)"
+        refusals = {
+            "loss_type": (self.loss_type not in ("dapo", "vespo"),
+                          f"must be 'dapo' (TRL's token-mean loss over the batch) {exact}, got {self.loss_type!r}"
+                          + ("; cispo clamps the ratio at epsilon_high, scaling the gradient" if self.loss_type ==
+                             "cispo" else "") + "; set loss_type='dapo'"),
+            "beta": (self.beta != 0.0, f"must be 0 {exact}: the KL term adds a gradient that is not ConSPO's, "
+                                       f"got {self.beta}; set beta=0"),
+            "vllm_importance_sampling_correction": (
+                self.use_vllm and self.vllm_importance_sampling_correction,
+                f"must be False with use_vllm=True {exact}: it multiplies each token's gradient by the "
+                "trainer/vLLM probability ratio; set vllm_importance_sampling_correction=False"),
+            "top_entropy_quantile": (
+                self.top_entropy_quantile < 1.0,
+                f"must be 1.0 {exact}: {self.top_entropy_quantile} drops the low-entropy tokens from the loss, "
+                "but the sequence score averages all of them; set top_entropy_quantile=1.0"),
+            "off_policy_mask_threshold": (
+                self.off_policy_mask_threshold is not None,
+                f"must be None {exact}: it masks sequences of negative advantage by their drift from the rollout "
+                f"policy; set off_policy_mask_threshold=None"),
+            "entropy_coef": (
+                self.entropy_coef != 0.0 or self.use_adaptive_entropy,
+                f"must be 0 with use_adaptive_entropy=False {exact}: the entropy bonus adds a gradient that is not "
+                "ConSPO's; set entropy_coef=0, use_adaptive_entropy=False"),
+        }
+        for key, (refused, message) in refusals.items():
+            if refused:
+                raise ValueError(f"{key} {message}")
 
     def cepo_config(self) -> CEPOConfig:
         """The engine-independent config these fields describe (validated)."""

@@ -1,0 +1,79 @@
+"""Settings under which a run would silently compute something other than what was asked are refused, one line
+naming the key and the fix (issue 17, section 1): a lambda that is 0 at every step (RLSD / CEPO would train GRPO),
+and the TRL loss options that break ConSPO's exactness at ratio 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cepo.algorithms import linear_lambda
+from cepo.config import CEPOConfig
+from cepo.integrations.trl import CEPOGRPOConfig
+from cepo.testing.trl_runs import tiny_run_settings
+
+
+@pytest.mark.parametrize("method", ["rlsd", "cepo"])
+@pytest.mark.parametrize(
+    ("settings", "keys"),
+    [
+        ({"lam0": 0.0}, ["cepo.lam0=0", "cepo.method=grpo"]),
+        ({"warmup_steps": 0}, ["cepo.warmup_steps=0", "cepo.lambda_schedule=constant", "cepo.method=grpo"]),
+    ],
+    ids=["lam0", "warmup"],
+)
+def test_lambda_always_zero_is_refused(method: str, settings: dict[str, Any], keys: list[str]) -> None:
+    full = {"lam0": 0.5, "warmup_steps": 25, **settings}
+    # the refused settings do give lambda 0 at every step (the paper's schedule, Sec. 3.4)
+    assert all(linear_lambda(step, full["lam0"], full["warmup_steps"]) == 0.0 for step in range(100))
+    with pytest.raises(ValueError) as info:
+        CEPOConfig(method=method, **settings)
+    message = str(info.value)
+    assert "\n" not in message and all(key in message for key in keys)
+    with pytest.raises(ValueError, match="plain GRPO"):  # the TRL fields say the same
+        CEPOGRPOConfig(output_dir="unused", cepo_method=method, use_cpu=True,
+                       **{f"cepo_{key}": value for key, value in settings.items()})
+
+
+def test_lambda_zero_allowed_where_it_is_meant() -> None:
+    """The constant schedule with warmup_steps 0 is a real lambda; methods without lambda do not care."""
+    assert CEPOConfig(method="cepo", lambda_schedule="constant", warmup_steps=0).schedule(50) == 0.5
+    for method in ("grpo", "opsd", "sdpo", "conspo"):
+        CEPOConfig(method=method, lam0=0.0, warmup_steps=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "fix"),
+    [
+        ({"loss_type": "cispo"}, "loss_type", "loss_type='dapo'"),
+        ({"loss_type": "grpo"}, "loss_type", "loss_type='dapo'"),
+        ({"beta": 0.04}, "beta", "beta=0"),
+        ({"top_entropy_quantile": 0.2}, "top_entropy_quantile", "top_entropy_quantile=1.0"),
+        ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold", "off_policy_mask_threshold=None"),
+        ({"entropy_coef": 0.01}, "entropy_coef", "entropy_coef=0"),
+        ({"use_adaptive_entropy": True}, "entropy_coef", "use_adaptive_entropy=False"),
+        ({"use_vllm": True}, "vllm_importance_sampling_correction", "vllm_importance_sampling_correction=False"),
+        ({"steps_per_generation": 2, "per_device_train_batch_size": 8}, "steps_per_generation",
+         "num_iterations=1"),
+        ({"num_iterations": 2}, "num_iterations", "ppo_epochs=1"),
+    ],
+)
+def test_conspo_trl_settings_that_break_ratio_one(tmp_path: Path, settings: dict[str, Any], key: str,
+                                                 fix: str) -> None:
+    """ConSPO's advantages are its gradient at ratio 1: every TRL option that reweights, clips or drops tokens
+    (or adds a gradient) is refused at config time, naming the option and the value that fixes it."""
+    with pytest.raises(ValueError) as info:
+        CEPOGRPOConfig(**tiny_run_settings(tmp_path, "conspo", **settings))
+    message = str(info.value)
+    assert "\n" not in message and key in message and fix in message
+    for method in ("grpo", "cepo"):  # only ConSPO needs ratio 1
+        if "use_vllm" not in settings:
+            CEPOGRPOConfig(**tiny_run_settings(tmp_path, method, **settings))
+
+
+def test_conspo_trl_defaults_accepted(tmp_path: Path) -> None:
+    args = CEPOGRPOConfig(**tiny_run_settings(tmp_path, "conspo", use_vllm=True,
+                                              vllm_importance_sampling_correction=False))
+    assert args.loss_type == "dapo" and args.cepo_config().method == "conspo"
