@@ -19,15 +19,11 @@ several optimizer steps train on one round, and all of them use that round's lam
 no teacher pass runs (the credit is GRPO).
 
 OPSD / SDPO in ``cepo.distill.mode=topk`` (declared by ``MethodSpec.distill_teacher``, see
-``cepo.algorithms.loss_teacher``): the teacher call is a plain forward that also returns the teacher's top-k
+``cepo.algorithms.topk_teacher``): the teacher call is a plain forward that also returns the teacher's top-k
 log-probs per response token (``cepo.teacher.teacher_topk_logprobs``), carried in the output dict as (B, T, k)
 through TRL's shuffle/split, and the loss becomes ``(1 - w) TRL's PG loss + w top-k divergence`` (the divergence
 from a plain student forward with full logits at the completion positions; w = 1 skips the PG term). Every
-other method and mode keeps TRL's loss unchanged. In ``mode=full`` (OPSD's default) and ``topk`` with
-``support=student`` (SDPO's fork) the teacher pass only builds the teacher rows and the teacher forward runs in each
-loss micro-batch (``cepo.integrations.trl.distillation``). ``cepo.distill.teacher=fixed`` (LoRA only): the teacher
-passes run with the adapter disabled, i.e. the initial policy (OPSD ``--fixed_teacher``).
-``cepo.distill.teacher=ema`` (LoRA only): the teacher passes
+other method and mode keeps TRL's loss unchanged. ``cepo.distill.teacher=ema`` (LoRA only): the teacher passes
 run with a second adapter, ``teacher``, the EMA of the trained one (``cepo.algorithms.ema_update_`` after every
 optimizer step); no second full model.
 
@@ -60,23 +56,15 @@ from cepo.algorithms import (
     ema_update_,
     get_method,
     importance_weight,
-    logits_distillation_loss,
-    loss_teacher,
     plan_teacher_passes,
     rollout_scores,
-    sampled_token_logps,
     sequence_advantages,
     teacher_passes,
     topk_distillation_loss,
+    topk_teacher,
 )
 from cepo.integrations.trl.checkpoints import AtomicCheckpointMixin
 from cepo.integrations.trl.config import CEPOGRPOConfig
-from cepo.integrations.trl.distillation import (
-    LOSS_TEACHER_KEYS,
-    carry_teacher_prompts,
-    is_pure_lora,
-    teacher_forward_kwargs,
-)
 from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
 from cepo.teacher import TeacherInputs, build_teacher_inputs, teacher_topk_logprobs, tokenizer_of
@@ -142,21 +130,10 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             self._check_teacher_support()
         if self.method.one_update_per_rollout:
             self._check_one_update_per_rollout()
-        # topk / full mode: the teacher context whose distribution the loss needs (None: TRL's loss, unchanged);
-        # full and student-support top-k run the teacher forward in the loss micro-batch, teacher-support top-k scores
-        # the teacher's top-k once in the teacher pass (topk_kind)
-        distill = self.cepo.distill
-        self.loss_kind = loss_teacher(self.method.name, distill.mode)
-        self.teacher_in_loss = self.loss_kind is not None and (distill.mode == "full" or distill.support == "student")
-        self.topk_kind = None if self.teacher_in_loss else self.loss_kind
-        if self.loss_kind is not None:
+        # top-k mode: the teacher context whose top-k log-probs the loss needs (None: TRL's loss, unchanged)
+        self.topk_kind = topk_teacher(self.method.name, self.cepo.distill.mode)
+        if self.topk_kind is not None:
             self._check_topk_support()
-        if distill.teacher == "fixed" and not is_pure_lora(self.accelerator.unwrap_model(self.model)):
-            raise ValueError(
-                "cepo.distill.teacher=fixed needs a PEFT LoRA model (the initial policy is the model with the adapter "
-                "disabled; no frozen copy of a fully fine-tuned model is kept): train with LoRA (peft_config="
-                "LoraConfig(...); cepo train: actor_rollout_ref.model.lora_rank > 0) or set cepo.distill.teacher=live"
-            )
         # EMA teacher: (teacher adapter tensor, student adapter tensor) by student parameter name, from the first step
         self.ema_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._ema_checkpoint: Path | None = None  # EMA_FILE of the checkpoint a run resumes from
@@ -182,29 +159,24 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             )
 
     def _check_topk_support(self) -> None:
-        """Top-k / full mode: k within the vocabulary; with w = 1 TRL's loss (and its KL / entropy terms) is not
-        computed; a teacher forward in the loss reuses the micro-batch's images, so the teacher must see them."""
+        """Top-k mode: k within the vocabulary; with w = 1 TRL's loss (and its KL / entropy terms) is not computed."""
         distill = self.cepo.distill
-        if self.teacher_in_loss and not self.cepo.teacher_sees_image and getattr(
-                self.processing_class, "image_processor", None) is not None:
-            raise ValueError(
-                f"cepo.distill.mode={distill.mode} (support={distill.support}) runs the teacher forward in the loss "
-                "micro-batch with the student's image inputs, so it needs cepo.teacher_sees_image=true; set it, or "
-                "use cepo.distill.mode=topk with cepo.distill.support=teacher"
-            )
         config = self.accelerator.unwrap_model(self.model).config
         vocab = getattr(config.get_text_config(), "vocab_size", None)
-        if distill.mode == "topk" and vocab is not None and distill.topk > vocab:
+        if vocab is not None and distill.topk > vocab:
             raise ValueError(f"cepo.distill.topk={distill.topk} exceeds the model's vocabulary ({vocab} tokens)")
         if distill.weight == 1.0 and (self.beta != 0.0 or getattr(self, "_entropy_bonus_enabled", False)):
             raise ValueError(
-                f"cepo.distill.mode={distill.mode} with cepo.distill.weight=1 replaces TRL's loss, so its KL (beta) and "
-                "entropy terms would be dropped; set beta=0 and no entropy bonus, or cepo.distill.weight < 1"
+                "cepo.distill.mode=topk with cepo.distill.weight=1 replaces TRL's loss, so its KL (beta) and entropy "
+                "terms would be dropped; set beta=0 and no entropy bonus, or cepo.distill.weight < 1"
             )
 
     def _check_ema_support(self) -> None:
         """The EMA teacher is a second LoRA adapter: refuse a model that is not pure-LoRA PEFT."""
-        if not is_pure_lora(self.accelerator.unwrap_model(self.model)):
+        model = self.accelerator.unwrap_model(self.model)
+        lora = is_peft_model(model) and str(getattr(model.peft_config.get(model.active_adapter), "peft_type", "")
+                                            ).split(".")[-1] == "LORA"
+        if not lora or any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
             raise ValueError(
                 "cepo.distill.teacher=ema needs a PEFT LoRA model (the EMA teacher is a second LoRA adapter, not a "
                 "second full model): train with LoRA (peft_config=LoraConfig(...); cepo train: "
@@ -323,13 +295,8 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     @contextmanager
     def _teacher_weights(self) -> Iterator[None]:
-        """The teacher passes' weights: the EMA adapter while inside (``cepo.distill.teacher=ema``), the model with
-        the LoRA adapter disabled (``fixed``: the initial policy), else the live model. The trained adapter is active
-        and trainable again on exit."""
-        if self.cepo.distill.teacher == "fixed":
-            with self.accelerator.unwrap_model(self.model).disable_adapter():
-                yield
-            return
+        """The teacher passes' weights: the EMA adapter while inside (``cepo.distill.teacher=ema``), else the live
+        model. The trained adapter is active and trainable again on exit."""
         if self.ema_pairs is None:
             yield
             return
@@ -423,7 +390,6 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         )
         jobs = plan.jobs
         logps = {kind: torch.zeros_like(mask, dtype=torch.float32) for kind in kinds}
-        carried: TeacherInputs | None = None
         topk = None
         if self.topk_kind is not None:  # (B, T, k) teacher log-probs and ids; rows without a teacher stay 0
             k = self.cepo.distill.topk
@@ -445,18 +411,13 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 max_prompt_length=self.cepo.teacher_max_prompt_length,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
-            if self.teacher_in_loss:  # the teacher forward runs in the loss micro-batches: carry the prompts only
-                carried = teacher
-                scored = [None] * len(jobs)
-            else:
-                with self._teacher_weights():
-                    if topk is None:
-                        scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
-                    else:
-                        top_values, top_indices, scored = self._score_topk(teacher, real_rows=len(jobs))
+            with self._teacher_weights():
+                if topk is None:
+                    scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
+                else:
+                    top_values, top_indices, scored = self._score_topk(teacher, real_rows=len(jobs))
             for j, ((kind, row, hint), values) in enumerate(zip(jobs, scored, strict=False)):  # padding rows: dropped
-                if values is not None:
-                    logps[kind][row] = values.float()
+                logps[kind][row] = values.float()
                 if topk is not None and kind == self.topk_kind:
                     topk[0][row], topk[1][row] = top_values[j], top_indices[j].to(torch.int32)
                 self.teacher_calls.append({"step": self.state.global_step, "kind": kind, "row": row, "hint": hint})
@@ -467,13 +428,9 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if "neg" in kinds:
             credit.has_negative = torch.tensor(plan.has_negative, dtype=torch.bool, device=mask.device)
         credit.has_teacher = torch.tensor(plan.has_teacher, dtype=torch.bool, device=mask.device)
-        if self.teacher_in_loss:
-            pad = tokenizer_of(self.processing_class).pad_token_id or 0
-            output.update(carry_teacher_prompts(output, carried, [row for _, row, _ in jobs], pad))
-        if self.loss_kind is not None:
+        if topk is not None:
             distill_mask = mask * credit.has_teacher.unsqueeze(-1).to(mask.dtype)
-            if topk is not None:
-                output["teacher_topk_logps"], output["teacher_topk_indices"] = topk
+            output["teacher_topk_logps"], output["teacher_topk_indices"] = topk
             output["distill_mask"] = distill_mask
             output["distill_num_items"] = self.accelerator.gather(distill_mask.sum().float().reshape(1)).sum()
 
