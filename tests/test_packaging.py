@@ -29,6 +29,7 @@ def test_wheel_ships_configs_and_composes(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("cepo-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"cepo/configs/{m}.yaml" for m in ("paper_base", "grpo", "rlsd", "cepo")} <= set(names)
+    assert {f"cepo/configs/text/{m}.yaml" for m in ("math_base", "cepo", "sdpo")} <= set(names)  # the text recipe
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (

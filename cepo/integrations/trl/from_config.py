@@ -17,6 +17,7 @@ standard verl keys below are mapped to ``CEPOGRPOConfig``; the ``cepo:`` block m
 | actor_rollout_ref.rollout.n                     | num_generations                                       |
 | actor_rollout_ref.rollout.temperature           | temperature                                           |
 | data.max_response_length                        | max_completion_length                                 |
+| data.apply_chat_template_kwargs                 | chat_template_kwargs (e.g. enable_thinking)           |
 | data.train_files                                | the training data                                     |
 | trainer.default_local_dir                       | output_dir                                            |
 
@@ -57,19 +58,21 @@ def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
 
 
 def compose(config: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """Compose a method YAML given by path (it must live in the cepo ``configs/`` directory)."""
+    """Compose a method YAML given by path: it must live in the cepo ``configs/`` directory or a folder inside it
+    (``configs/text/cepo.yaml`` composes as the config name ``text/cepo``, as verl's ``--config-name text/cepo``)."""
     from cepo.recipes import compose_method_config, configs_dir
 
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist; see configs/ for the method YAMLs")
-    home = configs_dir()
-    if path.resolve().parent != home.resolve():
+    home = configs_dir().resolve()
+    if not path.resolve().is_relative_to(home):
         raise ValueError(
             f"config {str(path)!r} is not in {home}; put it there (it composes with verl's base config and the "
             "shared paper_base.yaml) or set CEPO_CONFIGS_DIR to its folder"
         )
-    return compose_method_config(path.stem, list(overrides or []), engine="trl")
+    name = path.resolve().relative_to(home).with_suffix("").as_posix()
+    return compose_method_config(name, list(overrides or []), engine="trl")
 
 
 def trl_batch_layout(cfg: DictConfig, num_processes: int = 1) -> dict[str, int]:
@@ -116,6 +119,17 @@ def _num_processes() -> int:
     return max(1, int(os.environ.get("WORLD_SIZE", "1")))
 
 
+def _chat_template_kwargs(cfg: DictConfig) -> dict[str, Any] | None:
+    """verl's ``data.apply_chat_template_kwargs`` as a plain dict (``None`` when unset or empty)."""
+    kwargs = OmegaConf.select(cfg, "data.apply_chat_template_kwargs")
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, DictConfig):
+        raise ValueError(f"data.apply_chat_template_kwargs must be a mapping (e.g. {{enable_thinking: false}}), "
+                         f"got {kwargs!r}")
+    return OmegaConf.to_container(kwargs, resolve=True) or None  # type: ignore[return-value]
+
+
 def trl_args(cfg: DictConfig, num_processes: int | None = None, **extra: Any) -> CEPOGRPOConfig:
     """``CEPOGRPOConfig`` for a composed method config (mapping in the module docstring)."""
     cepo = CEPOConfig.from_mapping(OmegaConf.to_container(cfg.cepo, resolve=True) if "cepo" in cfg else {})
@@ -137,6 +151,8 @@ def trl_args(cfg: DictConfig, num_processes: int | None = None, **extra: Any) ->
         **layout,
         "gradient_checkpointing": bool(_select(cfg, "actor_rollout_ref.model.enable_gradient_checkpointing", False)),
         "max_completion_length": int(_select(cfg, "data.max_response_length", 2048)),
+        # the student prompts' chat-template variables (Qwen3's enable_thinking); the teacher prompts use them too
+        "chat_template_kwargs": _chat_template_kwargs(cfg),
         "max_steps": int(_select(cfg, "trainer.total_training_steps", 50)) * per_training_step,
         "logging_steps": 1,
         # whole training steps, so a resumed run starts at a generation round
@@ -183,7 +199,7 @@ def train_from_config(
     ``on_bad_image``: ``"fail"`` (default) or ``"skip"`` rows whose image cannot be opened.
     """
     from cepo.integrations.trl.data import check_dataset_size, load_processing_class
-    from cepo.integrations.trl.run import OptionNames, lora_config, train
+    from cepo.integrations.trl.run import OptionNames, check_run_dir, lora_config, train
 
     cfg = compose(config, overrides)
     args = trl_args(cfg)
@@ -199,7 +215,9 @@ def train_from_config(
         steps="trainer.total_training_steps={}",
         batch="data.train_batch_size (prompts per step)",
         optimizer_steps_per_step=max(1, args.max_steps // training_steps),
+        output_option="trainer.default_local_dir",
     )
+    checkpoint = check_run_dir(args, True if resume else None, overwrite, names)  # before the data and the model
     model_path = str(_select(cfg, "actor_rollout_ref.model.path"))
     loaded: dict[str, Any] = {}
 
@@ -223,6 +241,6 @@ def train_from_config(
     model, processing_class = load_model(model_path, processor())
     rank = int(_select(cfg, "actor_rollout_ref.model.lora_rank", 0))
     peft = lora_config(rank, int(_select(cfg, "actor_rollout_ref.model.lora_alpha", 2 * rank))) if rank > 0 else None
-    train(model, processing_class, dataset, args, peft_config=peft, resume_from_checkpoint=True if resume else None,
+    train(model, processing_class, dataset, args, peft_config=peft, resume_from_checkpoint=checkpoint,
           overwrite=overwrite, names=names)
     return Path(args.output_dir)
