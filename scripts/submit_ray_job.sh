@@ -19,6 +19,9 @@
 #   MODEL_PATH   hub id or absolute path (default Qwen/Qwen3-VL-2B-Instruct)
 #   NGPUS        verl: GPUs per node (default 8); trl: 1 (default) reserves a GPU for the job, 0 runs it on CPU
 #   NNODES       verl: number of nodes (default 1)
+#   CEPO_WAIT_FOR_GPUS_S  verl: before creating workers the job checks that the cluster has the GPUs the config
+#                needs; it waits up to this many seconds for them (nodes joining, GPUs busy; default 300), then
+#                fails with one line naming the GPU count and the fix
 #   PYTHON       interpreter on the nodes (default: python, the first on the PATH that `ray start` ran with)
 #   SUBMISSION_ID  job id (default cepo-ENGINE-METHOD-DATE-RANDOM)
 #   WAIT=1 or --wait  follow the logs until the job ends; exit 0 only if it SUCCEEDED
@@ -85,6 +88,8 @@ ENV_VARS="TOKENIZERS_PARALLELISM: \"true\", PYTHONUNBUFFERED: \"1\""
 if [[ "$ENGINE" == verl ]]; then
   NGPUS="${NGPUS:-8}"
   OVERRIDES+=(trainer.n_gpus_per_node="$NGPUS" trainer.nnodes="${NNODES:-1}")
+  # the job checks the cluster's GPUs before any worker and waits this long for joining nodes / busy GPUs
+  [[ -z "${CEPO_WAIT_FOR_GPUS_S:-}" ]] || ENV_VARS+=", CEPO_WAIT_FOR_GPUS_S: \"$CEPO_WAIT_FOR_GPUS_S\""
   ENTRYPOINT=("$PYTHON" -m cepo.integrations.verl.main --config-name "$METHOD")
 else
   NGPUS="${NGPUS:-1}"

@@ -194,6 +194,8 @@ def test_verl_run_puts_hydra_folder_in_the_run_dir(in_tmp, capsys, monkeypatch):
         seen["run_dir"] = Path(cfg.trainer.default_local_dir).resolve()
 
     monkeypatch.setattr(entry, "run", fake_run)
+    monkeypatch.setattr(entry, "start_ray_checked", lambda cfg: None)  # the GPU check (0 GPUs here: exit 2)
+    monkeypatch.setattr(entry, "prepare", lambda cfg: None)  # its vLLM check (not installed here: exit 2)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:

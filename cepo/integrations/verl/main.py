@@ -3,8 +3,10 @@
 Hydra composes ``configs/<name>.yaml`` with verl's own ``ppo_trainer`` config on the search path (the
 same composition as :func:`cepo.recipes.compose_method_config`), so every verl
 override and Hydra flag works (``--cfg job``, ``--config-name grpo|rlsd|cepo``, ``cepo.lam0=0.3``, ``--help``).
-The config is validated at start-up, then verl's own ``run_ppo`` starts Ray and a task runner that uses our
-``cepo_sync`` v1 trainer.
+The config is validated at start-up; Ray is started as verl's ``run_ppo`` would and the cluster's GPUs are
+checked against the config's resource pools, then the rollout engine is checked (vLLM installed)
+(:mod:`cepo.integrations.verl.resources`: one line, exit 2, before Hydra's run folder exists); then verl's own
+``run_ppo`` starts a task runner that uses our ``cepo_sync`` v1 trainer.
 
 A bad config (a misspelt key, a bad override, a YAML syntax error, a missing YAML, a value out of range)
 prints one line naming the key (or file:line) and the fix, and exits with status 2, before Hydra prints a
@@ -24,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from cepo.integrations.verl.resources import check_rollout_engine, start_ray_checked
 from cepo.recipes import (
     TRAINER_MODE,
     ConfigError,
@@ -96,6 +99,7 @@ def prepare(cfg: DictConfig) -> None:
     finalize_config(cfg)
     validate_method_config(cfg)
     check_engine_config(cfg)
+    check_rollout_engine(cfg)  # before verl's check, which imports vLLM ("vllm version None not supported")
     auto_set_device(cfg)
     try:
         validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
@@ -151,6 +155,13 @@ def preflight(argv: list[str], directory: Path) -> DictConfig | None:
     return cfg
 
 
+def _starts_training(argv: list[str]) -> bool:
+    """Whether ``argv`` runs the job (not ``--cfg``/``--help``/...: those print and exit without Ray)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(argv).cfg is None
+
+
 @contextmanager
 def _hydra_raises() -> Iterator[None]:
     """Make Hydra re-raise errors instead of printing its own report and exiting 1 (``run_and_report``)."""
@@ -184,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     saved_argv = sys.argv
     try:
         directory = configs_dir()
-        preflight(argv, directory)
+        cfg = preflight(argv, directory)
+        if cfg is not None and _starts_training(argv):
+            start_ray_checked(cfg)  # the cluster's GPUs, before Hydra writes its run folder (issue 19)
+            prepare(cfg)
         app = hydra.main(config_path=str(directory), config_name=DEFAULT_CONFIG_NAME, version_base=None)(run)
         sys.argv = [saved_argv[0] if saved_argv else "cepo", *argv]  # hydra.main reads sys.argv
         with _hydra_raises():
