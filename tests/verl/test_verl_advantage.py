@@ -11,7 +11,6 @@ from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-import cepo.integrations.verl.estimators  # noqa: F401
 from cepo.algorithms import (
     CreditInputs,
     compute_token_advantages,
@@ -30,6 +29,7 @@ from cepo.integrations.verl.credit import (
     apply_token_credit,
     ground_truths_of,
 )
+from cepo.integrations.verl.estimators import cepo_trainer_advantage
 from cepo.rewards import extract_answer
 
 B, T = 8, 6
@@ -57,6 +57,13 @@ def _batch(seed: int = 0) -> DataProto:
     uid = np.array(["a"] * 4 + ["b"] * 4, dtype=object)
     has_neg = np.array([True] * 4 + [False] * 4)
     return DataProto(batch=td, non_tensor_batch={"uid": uid, HAS_NEG_KEY: has_neg})
+
+
+@pytest.fixture(autouse=True)
+def _inside_cepo_trainer():
+    """These tests call verl's compute_advantage as CEPOTrainerSync._compute_advantage does (inside its context)."""
+    with cepo_trainer_advantage():
+        yield
 
 
 def _algo(norm: bool = True) -> AlgoConfig:

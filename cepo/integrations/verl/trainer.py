@@ -37,7 +37,6 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-import cepo.integrations.verl.estimators  # noqa: F401  (registers our estimators)
 from cepo.algorithms import get_method, group_advantages, plan_teacher_passes, teacher_passes
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
@@ -47,6 +46,7 @@ from cepo.integrations.verl.credit import (
     apply_token_credit,
     ground_truths_of,
 )
+from cepo.integrations.verl.estimators import cepo_trainer_advantage  # also registers our estimators
 from cepo.integrations.verl.teacher_batch import build_teacher_rows, nested_row_fields
 from cepo.recipes import TRAINER_MODE, cepo_config_from
 from cepo.rewards import extract_answer
@@ -226,7 +226,8 @@ class CEPOTrainerSync(PPOTrainerSync):
         return logps
 
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
-        batch = super()._compute_advantage(batch, metrics)
+        with cepo_trainer_advantage():  # our estimators give Eq. 1; the method's token credit is applied below
+            batch = super()._compute_advantage(batch, metrics)
         kinds = self._cepo_passes()
         step = self._cepo_step()
         spec = get_method(self.cepo.method)
