@@ -36,6 +36,7 @@ largest row count over the processes.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections import deque
@@ -138,6 +139,7 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self.ema_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._ema_checkpoint: Path | None = None  # EMA_FILE of the checkpoint a run resumes from
         if self.cepo.distill.teacher == "ema":
+            self._check_ema_unsharded()
             self._check_ema_support()
             self.add_callback(_EMATeacherCallback(self))
         self._cepo_rollouts: dict[str, Any] = {}
@@ -169,6 +171,17 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             raise ValueError(
                 "cepo.distill.mode=topk with cepo.distill.weight=1 replaces TRL's loss, so its KL (beta) and entropy "
                 "terms would be dropped; set beta=0 and no entropy bonus, or cepo.distill.weight < 1"
+            )
+
+    def _check_ema_unsharded(self) -> None:
+        """The EMA update lerps the adapter tensors of ``named_parameters()``, which under DeepSpeed ZeRO-3 or FSDP are
+        each process's shards or empty placeholders, not the parameters: refuse (one line) rather than average them."""
+        zero3 = self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+        if zero3 or self.is_fsdp_enabled:
+            raise ValueError(
+                f"cepo.distill.teacher=ema is not supported under {'DeepSpeed ZeRO-3' if zero3 else 'FSDP'}: its "
+                "update would average parameter shards, not the adapter; train without parameter sharding (DDP or "
+                "ZeRO-1/2: the LoRA adapter is small) or set cepo.distill.teacher=live"
             )
 
     def _check_ema_support(self) -> None:
@@ -282,9 +295,28 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         save_file({n: t.detach().contiguous().cpu() for n, (t, _) in self.ema_pairs.items()}, str(folder / EMA_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        self._check_resume_at_round_start(Path(resume_from_checkpoint))
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         saved = Path(resume_from_checkpoint) / EMA_FILE
         self._ema_checkpoint = saved if self.cepo.distill.teacher == "ema" and saved.is_file() else None
+
+    def _check_resume_at_round_start(self, checkpoint: Path) -> None:
+        """Refuse a checkpoint saved inside a generation round: TRL keeps no rollout buffer in a checkpoint, so a run
+        resumed there generates a new round at that step and every later round (lambda, the margin) is re-indexed.
+        ``cepo train`` saves at round boundaries only; through the Python API ``save_steps`` decides."""
+        state = checkpoint / "trainer_state.json"
+        if not state.is_file():
+            return
+        step = int(json.loads(state.read_text()).get("global_step", 0))
+        per_round = self.args.steps_per_generation * self.num_iterations  # micro-steps of one generation round
+        if step * self.args.gradient_accumulation_steps % per_round:
+            every = f"{per_round / self.args.gradient_accumulation_steps:g}"
+            raise ValueError(
+                f"cannot resume from {checkpoint}: it was saved at optimizer step {step}, inside a generation round "
+                f"(one round = {every} optimizer steps: steps_per_generation x num_iterations / "
+                f"gradient_accumulation_steps), and a resumed run would re-index its rounds; resume from a checkpoint "
+                f"at a multiple of {every} steps, and set save_steps to a multiple of {every}"
+            )
 
     def update_ema_teacher(self) -> None:
         """After an optimizer step: ``theta_T <- (1 - rate) theta_T + rate theta`` on the adapter tensors."""
