@@ -77,3 +77,34 @@ def test_conspo_trl_defaults_accepted(tmp_path: Path) -> None:
     args = CEPOGRPOConfig(**tiny_run_settings(tmp_path, "conspo", use_vllm=True,
                                               vllm_importance_sampling_correction=False))
     assert args.loss_type == "dapo" and args.cepo_config().method == "conspo"
+
+
+def test_conspo_truncated_rollout_is_absent_from_its_group() -> None:
+    """TRL's mask_truncated_completions zeroes a truncated rollout's completion mask: it has no token in the loss, so
+    its score can carry no gradient and it is absent from its group (not a negative). The advantages of the others
+    are the autograd gradient of the objective over the untruncated rollouts only (a float64 forward)."""
+    import torch
+
+    from cepo.algorithms import conspo_loss, rollout_scores, sequence_advantages
+
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(8, 5, generator=gen, dtype=torch.float64) * 3
+    mask = torch.ones(8, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[2] = 0  # truncated, masked out: the only negative of group 0 besides row 3
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    adv = sequence_advantages("conspo", rewards, groups, scores=rollout_scores(logp, mask),
+                              options={"tau": 10.0, "margin": 0.01, "threshold": 0.5})
+    assert adv[2] == 0
+    kept = [0, 1, 3, 4, 5, 6, 7]
+    scores = torch.tensor([float((logp[i] * mask[i]).sum() / mask[i].sum()) for i in kept], dtype=torch.float64,
+                          requires_grad=True)
+    (grad,) = torch.autograd.grad(conspo_loss(scores, rewards[kept], [groups[i] for i in kept], 10.0, 0.01), scores)
+    torch.testing.assert_close(adv[kept], -grad, rtol=1e-12, atol=1e-14)
+    # as a negative, row 2 would have changed the positives' advantages of group 0
+    unmasked = mask.clone()
+    unmasked[2] = 1
+    as_negative = sequence_advantages("conspo", rewards, groups, scores=rollout_scores(logp, unmasked),
+                                      options={"tau": 10.0, "margin": 0.01, "threshold": 0.5})
+    assert not torch.allclose(as_negative[:2], adv[:2])

@@ -108,7 +108,13 @@ class CEPOGRPOConfig(GRPOConfig):
     def _check_one_update_per_rollout(self, method: str) -> None:
         """ConSPO's objective has no importance ratio: its advantages are its exact gradient at the rollout policy
         (ratio 1), so each rollout batch makes exactly one optimizer step, token-mean over the batch, and nothing in
-        TRL's loss may reweight, clip or drop its tokens or add another gradient. One line per setting that would."""
+        TRL's loss may reweight, clip or drop its tokens or add another gradient. One line per setting that would.
+
+        ``mask_truncated_completions=True`` is allowed: a truncated rollout's completion mask is all zero, so it has no
+        token in the loss and its score cannot carry a gradient; it is *absent* from its group (not a negative), and
+        the others get the exact gradient of the objective over the untruncated rollouts
+        (``cepo.algorithms.rollout_scores`` gives it a NaN score; a group left without a positive or a negative is
+        skipped)."""
         if self.steps_per_generation != self.gradient_accumulation_steps or self.num_iterations != 1:
             raise ValueError(
                 f"method {method!r} needs one optimizer step per generation round: set steps_per_generation = "
