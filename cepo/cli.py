@@ -1,4 +1,5 @@
-"""The ``cepo`` command line: ``cepo smoke`` and ``cepo train`` (TRL engine); ``cepo eval``, ``cepo report``,
+"""The ``cepo`` command line: ``cepo smoke`` and ``cepo train`` (TRL engine; ``cepo smoke --engine verl`` on a GPU),
+``cepo doctor`` (is this node ready for the verl job); ``cepo eval``, ``cepo report``,
 ``cepo credit-map`` and ``cepo plot`` (``cepo.evaluation.commands``: results, Fig. 5 heat-maps, training curves).
 
 The verl engine has its own Hydra entry point: ``python -m cepo.integrations.verl.main``.
@@ -34,7 +35,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _smoke_verl(ns: argparse.Namespace) -> int:
+    from cepo.integrations.verl.smoke import run_verl_smoke
+
+    result = run_verl_smoke(ns.output_dir, method=ns.method, seed=ns.seed, use_lora=not ns.no_lora,
+                            overwrite=ns.overwrite, resume=ns.resume)
+    print(f"verl smoke run finished in {result.wall_seconds:.1f} s: checkpoints {result.checkpoints} (the last one "
+          f"resumed); run directory: {result.run_dir}")
+    return 0
+
+
 def _smoke(ns: argparse.Namespace) -> int:
+    if getattr(ns, "engine", "trl") == "verl":
+        return _smoke_verl(ns)
     from cepo.integrations.trl.run import OptionNames
     from cepo.smoke import run_smoke
 
@@ -82,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA r16/a32")
     smoke.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     smoke.add_argument("--overwrite", action="store_true", help="delete the checkpoints already in --output-dir")
+    smoke.add_argument("--engine", choices=["trl", "verl"], default="trl",
+                       help="trl (default): CPU; verl: the verl main job with vLLM on one GPU (2 steps, a "
+                            "checkpoint, a resume; needs CUDA and vLLM)")
     smoke.set_defaults(func=_smoke)
 
     train = sub.add_parser("train", help="train from a method YAML (configs/<method>.yaml) on the TRL engine")
@@ -96,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cepo.evaluation.commands import add_parsers
 
     add_parsers(sub)  # eval, report, credit-map, plot
+    from cepo.doctor import add_parser as add_doctor_parser
+
+    add_doctor_parser(sub)  # doctor
     return parser
 
 

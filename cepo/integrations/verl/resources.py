@@ -146,6 +146,16 @@ def cluster_gpus(resource: str = "GPU") -> ClusterGPUs:
     return ClusterGPUs(total=total, available=available, address=ray.get_runtime_context().gcs_address)
 
 
+def cluster_gpus_from_dashboard(address: str, resource: str = "GPU") -> ClusterGPUs:
+    """Ray's ``resource`` per alive node from a cluster's dashboard / job server (``http://head:8265``, the
+    ``RAY_ADDRESS`` of ``scripts/submit_ray_job.sh``), without joining the cluster; ``available`` = ``total``."""
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], timeout=10)
+    total = {n.node_id: float((n.resources_total or {}).get(resource, 0.0)) for n in nodes}
+    return ClusterGPUs(total=total, available=dict(total), address=address)
+
+
 def _placeable(pools: list[PoolNeed], capacity: dict[str, float]) -> bool:
     """Whether every pool's placement groups fit on the nodes' GPUs (an exact search, not a greedy guess).
 
