@@ -364,6 +364,10 @@ def _weights_bytes(model_path: str) -> int | None:
     return sum(p.stat().st_size for p in local.glob("*.safetensors")) or None
 
 
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
 def check_disk(cfg: Any) -> Row:
     """Free space under ``trainer.default_local_dir`` against the checkpoints the run keeps (an estimate)."""
     target = Path(str(cfg.trainer.default_local_dir)).expanduser().absolute()
@@ -380,7 +384,7 @@ def check_disk(cfg: Any) -> Row:
     # per checkpoint: the weights in bf16 + the fp32 master/optimizer shards verl's FSDP saves (~3x); unknown: 10 GiB
     per_save = 3 * weights if weights else 10 * 2**30
     need = saves * per_save
-    detail = f"{free / 2**30:.1f} GiB free at {existing}; ~{need / 2**30:.1f} GiB for {saves} checkpoint(s)"
+    detail = f"{_size(free)} free at {existing}; ~{_size(need)} for {saves} checkpoint(s)"
     if free < need:
         return Row("disk", FAIL, detail, "free space, point trainer.default_local_dir (OUTPUT_DIR) elsewhere, or "
                    "set trainer.max_actor_ckpt_to_keep")
