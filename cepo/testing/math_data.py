@@ -16,8 +16,9 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MathProblem", "make_math_problems", "write_math_sources"]
+__all__ = ["MathProblem", "make_math_like", "make_math_problems", "write_math_sources"]
 
 _DAPO_PREFIX = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
@@ -87,3 +88,17 @@ def write_math_sources(out_dir: str | Path, n_train: int = 8, n_eval: int = 4, r
     ]).to_parquet(str(out / "aime2025.parquet"))
     return {"train": out / "dapo.parquet", "math500": out / "math500.jsonl", "aime2024": out / "aime2024.parquet",
             "aime2025": out / "aime2025.parquet"}
+
+
+def make_math_like(n: int = 16, seed: int = 0) -> Any:
+    """:func:`make_math_problems` in TRL's conversational layout (``prompt`` = one user turn with the paper's student
+    prompt, ``answer``): the text counterpart of ``cepo.data.to_conversational(make_geo3k_like(n))``."""
+    import datasets
+
+    from cepo.data import student_prompt
+
+    problems = make_math_problems(n, seed)
+    return datasets.Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": student_prompt(p.problem)}] for p in problems],
+        "answer": [p.answer for p in problems],
+    })

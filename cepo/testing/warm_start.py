@@ -13,19 +13,27 @@ from typing import Any
 import torch
 
 
-def _sft_batch(processor: Any, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    tokenizer = processor.tokenizer
+def _sft_batch(
+    processor: Any, rows: list[dict[str, Any]], chat_template_kwargs: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """Left-padded prompts + ``\\boxed{answer}<|im_end|>`` targets (labels -100 elsewhere). ``processor`` is a
+    vision-language processor for rows with ``images``, or a tokenizer for text rows (no ``images`` column)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
     texts, images, answer_lengths = [], [], []
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for row in rows:
         text = row["prompt"][0]["content"]
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        content: Any = [{"type": "image"}, {"type": "text", "text": text}] if "images" in row else text
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                               tokenize=False, **(chat_template_kwargs or {}))
         answer = f"\\boxed{{{row['answer']}}}"
         texts.append(prompt + answer + "<|im_end|>")
-        images.extend(row["images"])
+        images.extend(row.get("images") or [])
         answer_lengths.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1)
-    batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+    if images:
+        batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+    else:
+        batch = tokenizer(texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False)
     labels = torch.full_like(batch["input_ids"], -100)
     for i, n in enumerate(answer_lengths):
         labels[i, -n:] = batch["input_ids"][i, -n:]
@@ -43,11 +51,14 @@ def warm_start(
     lr: float = 3e-3,
     seed: int = 0,
     progress: bool = False,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[float]:
     """Teacher-forced SFT on ``\\boxed{answer}`` for ``steps`` steps; returns the loss per step.
 
     ``dataset`` is the conversational layout of ``cepo.data.to_conversational`` (``prompt``,
-    ``images``, ``answer``). ``progress`` shows a tqdm bar (on stderr) with the current loss.
+    ``images``, ``answer``), or the same without ``images`` for a text model (``processor`` is then its
+    tokenizer). ``chat_template_kwargs`` are the chat-template variables the RL run renders prompts with (e.g.
+    ``enable_thinking``). ``progress`` shows a tqdm bar (on stderr) with the current loss.
     """
     from tqdm.auto import tqdm
 
@@ -58,7 +69,7 @@ def warm_start(
     bar = tqdm(range(steps), desc="warm start", unit="step", disable=not progress)
     for _ in bar:
         index = torch.randint(0, len(dataset), (batch_size,), generator=gen).tolist()
-        batch = _sft_batch(processor, [dataset[i] for i in index])
+        batch = _sft_batch(processor, [dataset[i] for i in index], chat_template_kwargs)
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()

@@ -70,8 +70,12 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training interrupted at step {step}; last checkpoint: {checkpoint}")
         self.run_dir, self.step, self.checkpoint = run_dir, step, checkpoint
 
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-"""LoRA on every linear layer of the language model; the vision tower is not adapted (as the authors do)."""
+LORA_TARGETS = (
+    r"(.*language_model.*|model\.layers\.\d+\.(self_attn|mlp))"
+    r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+"""LoRA on every linear layer of the language model: a VLM's ``language_model`` or a text model's decoder layers
+(``model.layers.N``); the vision tower is not adapted (as the authors do)."""
 
 
 class MetricsFileCallback(TrainerCallback):

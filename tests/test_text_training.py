@@ -1,0 +1,46 @@
+"""The TRL engine on a text-only causal LM: LoRA placement, the text warm start, Qwen3's thinking switch."""
+
+from __future__ import annotations
+
+import torch
+
+from cepo.testing import build_qwen_tokenizer, build_tiny_qwen3vl, build_tiny_text_lm
+from cepo.testing.math_data import make_math_like
+
+
+def _adapted(model: torch.nn.Module) -> set[str]:
+    from peft import get_peft_model
+
+    from cepo.integrations.trl.run import lora_config
+
+    peft_model = get_peft_model(model, lora_config())
+    return {name.removeprefix("base_model.model.").removesuffix(".lora_A") for name, _ in peft_model.named_modules()
+            if name.endswith(".lora_A")}
+
+
+def _decoder_linears(model: torch.nn.Module, prefix: str) -> set[str]:
+    return {name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.startswith(prefix) and ".layers." in name}
+
+
+def test_lora_adapts_every_decoder_linear_of_a_text_model_and_of_a_vlm_language_model():
+    text = build_tiny_text_lm()
+    expected = _decoder_linears(text, "model.layers.")  # before peft wraps them
+    assert _adapted(text) == expected != set()  # no layer found before the fix: peft raised
+    vlm = build_tiny_qwen3vl()
+    expected = _decoder_linears(vlm, "model.language_model.layers.")
+    assert _adapted(vlm) == expected != set() and not any("visual" in n for n in expected)
+
+
+def test_text_warm_start_batch_targets_the_boxed_answer_after_the_thinking_switch():
+    from cepo.testing.warm_start import _sft_batch
+
+    tokenizer = build_qwen_tokenizer()
+    rows = [make_math_like(2)[i] for i in range(2)]
+    batch = _sft_batch(tokenizer, rows, {"enable_thinking": False})
+    for i, row in enumerate(rows):
+        target = batch["labels"][i][batch["labels"][i] != -100]
+        assert tokenizer.decode(target) == f"\\boxed{{{row['answer']}}}<|im_end|>"
+        text = tokenizer.decode(batch["input_ids"][i][batch["attention_mask"][i] == 1])
+        assert text.startswith("<|im_start|>user\n" + row["prompt"][0]["content"])
+        assert "<|im_start|>assistant\n<think>\n\n</think>\n\n\\boxed{" in text
