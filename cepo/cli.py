@@ -17,6 +17,8 @@ import sys
 import traceback
 from typing import NoReturn
 
+from cepo.output_paths import DiskFull
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (``cepo smoke: error: ...``), exit code 2."""
@@ -65,6 +67,7 @@ def _smoke(ns: argparse.Namespace) -> int:
             output_dir="--output-dir <another dir>",
             steps="--steps {}",
             batch="the smoke settings",
+            output_option="--output-dir",
         ),
     )
     print(f"smoke run finished in {result.wall_seconds:.1f} s; run directory: {result.run_dir}")
@@ -152,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         return ns.func(ns)
     except KeyboardInterrupt as err:
         return _interrupted(ns, argv, err)
+    except DiskFull as err:
+        where = f"last checkpoint: {err.checkpoint}; free space, then resume with: {_rerun_command(argv, True)}" \
+            if err.checkpoint else f"no checkpoint was saved; free space, then rerun: {_rerun_command(argv, False)}"
+        print(f"cepo {ns.command}: no space left on device in {err.run_dir} at step {err.step}; {where}",
+              file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, TypeError) as err:
         print(f"cepo {ns.command}: error: {err}", file=sys.stderr)
         return 2

@@ -92,17 +92,18 @@ def run_smoke(
     """
     from cepo.data import to_conversational
     from cepo.integrations.trl.config import CEPOGRPOConfig
-    from cepo.integrations.trl.run import OptionNames, lora_config, train
+    from cepo.integrations.trl.run import OptionNames, check_run_dir, lora_config, train
     from cepo.testing import make_geo3k_like
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     tic = time.perf_counter()
-    run_dir = Path(output_dir)
-    model_dir = prepare_smoke_model(Path(model_dir) if model_dir else run_dir / "base-model", seed=seed, echo=echo)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    dataset = to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed))
+    names = option_names or OptionNames(
+        resume="resume=True", overwrite="overwrite=True", output_dir="another output_dir", steps="steps={}"
+    )
+    from cepo.output_paths import check_output_dir
+
+    run_dir = check_output_dir(output_dir, names.output_option)
     settings: dict[str, Any] = {
         "output_dir": str(run_dir),
         "per_device_train_batch_size": 16,
@@ -124,17 +125,20 @@ def run_smoke(
     }
     settings.update(overrides)
     args = CEPOGRPOConfig(**settings)
+    checkpoint = check_run_dir(args, True if resume else None, overwrite, names)  # before the warm start
+    model_dir = prepare_smoke_model(Path(model_dir) if model_dir else run_dir / "base-model", seed=seed, echo=echo)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    dataset = to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed))
     trainer = train(
         model,
         processor,
         dataset,
         args,
         peft_config=lora_config() if use_lora else None,
-        resume_from_checkpoint=True if resume else None,
+        resume_from_checkpoint=checkpoint,
         echo=echo,
         overwrite=overwrite,
-        names=option_names or OptionNames(
-            resume="resume=True", overwrite="overwrite=True", output_dir="another output_dir", steps="steps={}"
-        ),
+        names=names,
     )
     return SmokeResult(run_dir=run_dir, wall_seconds=time.perf_counter() - tic, trainer=trainer)

@@ -44,6 +44,7 @@ import datasets
 from cepo.data import answer_problems, answer_text, describe_bad_images, image_problems, student_prompt
 from cepo.data.answers import describe_answer_problems
 from cepo.data.files import SUPPORTED_FORMATS, read_data_file
+from cepo.output_paths import check_output_dir
 
 DATA_SOURCE = "hiyouga/geometry3k"
 
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip",
                         help="rows whose image cannot be opened: report and skip (default) or fail")
     args = parser.parse_args(argv)
-    out = Path(args.local_dir).expanduser()
     try:
+        out = check_output_dir(args.local_dir, "--local-dir")  # before the download and the conversion
         converted = {
             split: to_verl(ds, split, args.on_missing_answer, args.on_bad_image)
             for split, ds in load_source(args.dataset, args.splits).items()
@@ -196,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 def write_splits(converted: dict[str, datasets.Dataset], out: Path) -> None:
     """Write every split to ``out/<split>.parquet``: each to a temporary file first, renamed into place only
     when all are written, so a failure leaves no partial file."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--local-dir {str(out)!r} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     try:

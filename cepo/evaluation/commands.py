@@ -251,7 +251,9 @@ def add_credit_map_parser(sub: Any) -> None:
 # -- cepo plot --------------------------------------------------------------------------------------------------
 def _plot(ns: argparse.Namespace) -> int:
     from cepo.analysis.plots import load_run, plot_runs
+    from cepo.output_paths import check_output_file
 
+    check_output_file(ns.output, "--output", ".png")
     labels = [x.strip() for x in ns.labels.split(",")] if ns.labels else [None] * len(ns.runs)
     if len(labels) != len(ns.runs):
         raise ValueError(f"--labels has {len(labels)} names for {len(ns.runs)} runs; give one per run")

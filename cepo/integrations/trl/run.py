@@ -38,6 +38,7 @@ from cepo.integrations.trl.config import CEPOGRPOConfig
 from cepo.integrations.trl.data import check_dataset_size
 from cepo.integrations.trl.rewards import make_math_reward
 from cepo.integrations.trl.trainer import CEPOTrainer
+from cepo.output_paths import DiskFull, disk_full
 
 SCHEDULES_WITHOUT_END = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
 """Learning-rate schedules that do not depend on ``max_steps``: a run with one of them may be resumed with
@@ -53,6 +54,8 @@ class OptionNames:
     output_dir: str = "another output_dir"
     steps: str = "max_steps={}"
     batch: str = "per_device_train_batch_size (prompts per step x num_generations)"
+    output_option: str = "output_dir"
+    """The setting that names the run directory, in messages about the directory itself."""
     optimizer_steps_per_step: int = 1
     """``steps`` counts this many optimizer steps each (``cepo train``: one training step = one generation
     round, which may take several optimizer steps)."""
@@ -200,6 +203,39 @@ def _choose_checkpoint(
     return str(checkpoint)
 
 
+def check_run_dir(
+    args: CEPOGRPOConfig, resume_from_checkpoint: str | bool | None, overwrite: bool, names: OptionNames
+) -> str | None:
+    """Check the run directory ``args.output_dir`` before anything slow (warm start, model load) happens.
+
+    The directory must be writable (``cepo.output_paths.check_output_dir``); ``resume`` and ``overwrite`` exclude
+    each other; existing checkpoints need one of them; a resumed run must exist and hold a complete checkpoint.
+    Returns the checkpoint to resume (a path; ``None`` for a new run): pass it on as ``resume_from_checkpoint``,
+    it is checked again without new messages. Raises ``ValueError`` naming the option and the fix.
+    """
+    from cepo.output_paths import check_output_dir
+
+    run_dir = check_output_dir(args.output_dir, names.output_option)
+    if resume_from_checkpoint and overwrite:
+        raise ValueError(
+            f"{names.resume} and {names.overwrite} exclude each other: {names.resume} continues the run in {run_dir}, "
+            f"{names.overwrite} deletes it; give one of them"
+        )
+    existing = list_checkpoints(run_dir)
+    if existing and not resume_from_checkpoint and not overwrite:
+        raise ValueError(
+            f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); resume it ({names.resume}), start elsewhere "
+            f"({names.output_dir}), or delete them ({names.overwrite})"
+        )
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint is True and not run_dir.is_dir():
+        raise ValueError(f"cannot resume {run_dir}: the directory does not exist; run without {names.resume} to "
+                         f"start it, or set {names.output_option} to the run to continue")
+    return _choose_checkpoint(run_dir, resume_from_checkpoint, args, names)
+
+
 def _close_progress_bar(trainer: Any) -> None:
     for callback in trainer.callback_handler.callbacks:
         bar = getattr(callback, "training_bar", None)
@@ -228,13 +264,8 @@ def train(
     """
     names = names or OptionNames()
     run_dir = Path(args.output_dir)
+    resume_from_checkpoint = check_run_dir(args, resume_from_checkpoint, overwrite, names)
     existing = list_checkpoints(run_dir)
-    if existing and not resume_from_checkpoint and not overwrite:
-        raise ValueError(
-            f"{run_dir} already holds checkpoints ({', '.join(p.name for p in existing[:3])}"
-            f"{', ...' if len(existing) > 3 else ''}); resume it ({names.resume}), start elsewhere "
-            f"({names.output_dir}), or delete them ({names.overwrite})"
-        )
     if "answer" not in train_dataset.column_names:
         raise ValueError(
             f"train dataset has no 'answer' column (columns: {train_dataset.column_names}); every row needs the "
@@ -246,8 +277,6 @@ def train(
             "use cepo.data.to_conversational to build one"
         )
     check_dataset_size(len(train_dataset), args, names.batch)
-    if resume_from_checkpoint:
-        resume_from_checkpoint = _choose_checkpoint(run_dir, resume_from_checkpoint, args, names)
     cepo = args.cepo_config()
     if existing and not resume_from_checkpoint:  # overwrite, now that the inputs are known to be good
         for path in [*existing, run_dir / "final"]:
@@ -270,15 +299,21 @@ def train(
         trainer.add_callback(QuietProgressCallback)
     try:
         trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+        staged = run_dir / f"{STAGING_PREFIX}final"
+        shutil.rmtree(staged, ignore_errors=True)
+        trainer.save_model(str(staged))
+        processing_class.save_pretrained(str(staged))
+        publish_directory(staged, run_dir / "final")
     except KeyboardInterrupt:
         _close_progress_bar(trainer)
         if trainer.args.should_save:
             remove_staging(run_dir)  # a checkpoint interrupted mid-save was never renamed into place
         last = find_resumable_checkpoint(run_dir).checkpoint
         raise TrainingInterrupted(run_dir, trainer.state.global_step, last) from None
-    staged = run_dir / f"{STAGING_PREFIX}final"
-    shutil.rmtree(staged, ignore_errors=True)
-    trainer.save_model(str(staged))
-    processing_class.save_pretrained(str(staged))
-    publish_directory(staged, run_dir / "final")
+    except (OSError, RuntimeError) as err:
+        if not disk_full(err, run_dir):
+            raise
+        _close_progress_bar(trainer)
+        last = find_resumable_checkpoint(run_dir).checkpoint
+        raise DiskFull(run_dir, trainer.state.global_step, last) from err
     return trainer
