@@ -12,12 +12,8 @@ from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from cepo.algorithms import (
-    CreditInputs,
-    compute_token_advantages,
     group_advantages,
     plan_teacher_passes,
-    rollout_scores,
-    sequence_advantages,
 )
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
@@ -31,8 +27,10 @@ from cepo.integrations.verl.credit import (
 )
 from cepo.integrations.verl.estimators import cepo_trainer_advantage
 from cepo.rewards import extract_answer
+from cepo.testing import reference
 
 B, T = 8, 6
+SCORES = [1.0, 0.1, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # group a mixed, group b all-correct
 
 
 def _batch(seed: int = 0) -> DataProto:
@@ -41,7 +39,7 @@ def _batch(seed: int = 0) -> DataProto:
     lengths = torch.tensor([6, 4, 5, 2, 6, 3, 1, 6])
     for i, n in enumerate(lengths):
         mask[i, n:] = 0
-    scores = torch.tensor([1.0, 0.1, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # group b is all-correct
+    scores = torch.tensor(SCORES)
     rewards = torch.zeros(B, T)
     rewards[torch.arange(B), lengths - 1] = scores
     td = TensorDict(
@@ -94,13 +92,13 @@ def test_token_credit_after_compute_advantage(method):
     metrics = apply_token_credit(data, cfg, step=0, teacher_seconds=1.5)
     after = data.batch["advantages"]
     mask = data.batch["response_mask"].bool()
-    seq = (before * mask).sum(-1) / mask.sum(-1)
-    expected, _ = compute_token_advantages(method, CreditInputs(
-        advantages=seq, response_mask=data.batch["response_mask"], lam=0.5, eps_w=0.5,
-        logp_student=data.batch["old_log_probs"], logp_pos=data.batch[POS_KEY],
-        logp_neg=data.batch[NEG_KEY] if method == "cepo" else None,
-        has_negative=torch.as_tensor(data.non_tensor_batch[HAS_NEG_KEY]) if method == "cepo" else None))
-    torch.testing.assert_close(after, expected)
+    # the float64 loop of Eq. 1 then Eqs. 4 / 5 + 7 (lam0 = 0.5 at step 0, eps_w = 0.5), from the rewards up
+    seq = reference.grpo_advantages(SCORES, data.non_tensor_batch["uid"])
+    expected = reference.modulated_advantages(
+        seq, mask, 0.5, 0.5, data.batch["old_log_probs"], data.batch[POS_KEY],
+        data.batch[NEG_KEY] if method == "cepo" else None,
+        data.non_tensor_batch[HAS_NEG_KEY] if method == "cepo" else None)
+    torch.testing.assert_close(after, expected.float(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(data.batch["returns"], after)
     assert not torch.equal(after, before)
     # Theorem 1 (i): sign(A_t) = sign(A) on every response token
@@ -186,10 +184,10 @@ def test_conspo_through_verl():
     data.batch["rm_scores"] = data.batch["token_level_rewards"].clone()
     apply_token_credit(data, CEPOConfig(method="conspo"), step=0, progress=0.5)
     mask = data.batch["response_mask"]
-    rewards = (data.batch["token_level_rewards"] * mask).sum(-1)
-    options = CEPOConfig(method="conspo").credit_options(0.5)
-    seq = sequence_advantages("conspo", rewards, list(data.non_tensor_batch["uid"]),
-                              scores=rollout_scores(data.batch["old_log_probs"], mask), options=options)
-    lengths = mask.sum(-1, keepdim=True)
-    torch.testing.assert_close(data.batch["advantages"], seq.unsqueeze(-1) * int(mask.sum()) / lengths * mask)
+    # float64 reference: -dL/ds of Eq. 13 by autograd of the loss written out, with the paper's tau = 10 and, at
+    # progress 0.5 past the warm-up ratio 0.3, the full margin M = 0.01; spread as A_i N / |o_i|
+    scores = reference.mean_logprob_scores(data.batch["old_log_probs"], mask)
+    seq = reference.conspo_sequence_advantages(scores, SCORES, data.non_tensor_batch["uid"], tau=10.0, margin=0.01)
+    expected = reference.conspo_token_advantages(seq, mask)
+    torch.testing.assert_close(data.batch["advantages"], expected.float(), rtol=1e-5, atol=1e-7)
     assert data.batch["advantages"][:4].abs().sum() > 0 and (data.batch["advantages"][4:] == 0).all()  # b: no negative
