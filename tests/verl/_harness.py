@@ -104,10 +104,12 @@ def worker_group(cfg, model):
     return LocalWorkerGroup([rank(r) for r in range(DP)])
 
 
-def put_rollouts(processor, tokenizer, geo, prefix, responses=RESPONSES, scores=SCORES):
+def put_rollouts(processor, tokenizer, geo, prefix, responses=RESPONSES, scores=SCORES, chat_template_kwargs=None):
     """One rollout per (prompt, response) into the ``train`` partition, exactly as verl's v1 agent loop stores them:
     ``AgentLoopWorkerTQ._agent_loop_postprocess`` fields and ``{uid}_{session}_{index}`` keys, one ``kv_batch_put``
-    per session. Returns the batch's ``KVBatchMeta`` and the rows for independent checks."""
+    per session. Returns the batch's ``KVBatchMeta`` and the rows for independent checks. A text model: ``processor``
+    is ``None`` (verl's, for a tokenizer-only model) and each ``geo`` row's image is ``None``; its prompt is rendered
+    with ``chat_template_kwargs`` (verl's ``data.apply_chat_template_kwargs``)."""
     import transfer_queue as tq
     from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
@@ -115,15 +117,21 @@ def put_rollouts(processor, tokenizer, geo, prefix, responses=RESPONSES, scores=
     agent = types.SimpleNamespace(processor=processor, tokenizer=tokenizer, _get_mm_processor_kwargs=lambda *a: {})
     keys, tags, rows = [], [], []
     for p, (problem, image, answer) in enumerate(geo):
-        raw_prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": problem}]}]
-        text = processor.apply_chat_template(raw_prompt, add_generation_prompt=True, tokenize=False)
-        prompt_ids = processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+        if image is None:
+            raw_prompt = [{"role": "user", "content": problem}]
+            prompt_ids = list(tokenizer.apply_chat_template(raw_prompt, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=False, **(chat_template_kwargs or {})))
+        else:
+            raw_prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": problem}]}]
+            text = processor.apply_chat_template(raw_prompt, add_generation_prompt=True, tokenize=False)
+            prompt_ids = processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
         for s, (response, score) in enumerate(zip(responses[p], scores[p], strict=True)):
             response = response.replace("ANS", answer)
             response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             out = AgentLoopOutput(prompt_ids=prompt_ids, response_ids=response_ids,
                                   response_mask=[1] * len(response_ids), response_logprobs=[-1.0] * len(response_ids),
-                                  multi_modal_data={"images": [image]}, reward_score=score, num_turns=2,
+                                  multi_modal_data={"images": [image]} if image is not None else {},
+                                  reward_score=score, num_turns=2,
                                   metrics=AgentLoopMetrics())
             input_ids = torch.tensor(prompt_ids + response_ids)
             mm = AgentLoopWorker._compute_multi_modal_inputs(agent, out, input_ids)
