@@ -55,6 +55,7 @@ __all__ = [
     "build_tiny_text_lm",
     "save_tiny_qwen3vl",
     "save_tiny_text_lm",
+    "seeded_model",
     "tiny_qwen3vl_config",
     "tiny_text_lm_config",
 ]
@@ -128,11 +129,21 @@ def _set_generation_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFa
     gen.do_sample = False
 
 
-def _seeded_model(model_cls: Any, config: Any, tokenizer: PreTrainedTokenizerFast, seed: int) -> Any:
-    """``model_cls(config)`` in float32, initialised from ``seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
+def seeded_model(
+    model_cls: Any,
+    config: Any,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """``model_cls(config)`` initialised from ``seed`` on ``device`` (built there: a 2B model needs no CPU copy),
+    cast to ``dtype``, with the Qwen generation ids of ``tokenizer``; the global RNGs are left untouched."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), device:
         torch.manual_seed(seed)
-        model = model_cls(config).to(torch.float32)
+        model = model_cls(config).to(dtype)
     _set_generation_ids(model, tokenizer)
     return model
 
@@ -185,7 +196,7 @@ def build_tiny_qwen3vl(
         seed: seed of the weight initialisation.
     """
     tokenizer = _tokenizer_or_default(tokenizer)
-    return _seeded_model(Qwen3VLForConditionalGeneration, tiny_qwen3vl_config(tokenizer), tokenizer, seed)
+    return seeded_model(Qwen3VLForConditionalGeneration, tiny_qwen3vl_config(tokenizer), tokenizer, seed)
 
 
 def build_tiny_text_lm(tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0) -> Qwen3ForCausalLM:
@@ -199,11 +210,18 @@ def build_tiny_text_lm(tokenizer: PreTrainedTokenizerFast | None = None, seed: i
         seed: seed of the weight initialisation.
     """
     tokenizer = _tokenizer_or_default(tokenizer)
-    return _seeded_model(Qwen3ForCausalLM, tiny_text_lm_config(tokenizer), tokenizer, seed)
+    return seeded_model(Qwen3ForCausalLM, tiny_text_lm_config(tokenizer), tokenizer, seed)
 
 
-def build_tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen3VLProcessor:
+def build_tiny_processor(
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    min_pixels: int = IMAGE_MIN_PIXELS,
+    max_pixels: int = IMAGE_MAX_PIXELS,
+) -> Qwen3VLProcessor:
     """Build a :class:`~transformers.Qwen3VLProcessor` matching :func:`build_tiny_qwen3vl`.
+
+    ``min_pixels`` / ``max_pixels`` set the image processor's pixel budget (Qwen3-VL-2B-Instruct's own is
+    ``65536`` / ``16777216``: a 512x512 image becomes 256 image tokens); the defaults keep images tiny.
 
     Image processor: ``Qwen2VLImageProcessor`` (the torchvision backend ``AutoImageProcessor`` picks for
     ``qwen3_vl``) with patch 16 / merge 2 / temporal patch 2, mean = std = 0.5 like Qwen3-VL, and pixels in
@@ -225,8 +243,8 @@ def build_tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qw
         patch_size=PATCH_SIZE,
         temporal_patch_size=TEMPORAL_PATCH_SIZE,
         merge_size=MERGE_SIZE,
-        min_pixels=IMAGE_MIN_PIXELS,
-        max_pixels=IMAGE_MAX_PIXELS,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )

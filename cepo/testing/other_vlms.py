@@ -55,7 +55,7 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from cepo.testing.models import TINY_TEXT_KWARGS, _seeded_model, _token_id
+from cepo.testing.models import TINY_TEXT_KWARGS, _token_id, seeded_model
 from cepo.testing.tokenizer import (
     CHAT_TEMPLATE,
     ENDOFTEXT,
@@ -199,7 +199,7 @@ def build_tiny_llava_next(
     """A randomly initialised, float32 :class:`~transformers.LlavaNextForConditionalGeneration` (about 0.3M
     parameters) for ``tokenizer`` (default: :func:`build_llava_next_tokenizer`); weights depend only on ``seed``."""
     tokenizer = build_llava_next_tokenizer() if tokenizer is None else tokenizer
-    return _seeded_model(LlavaNextForConditionalGeneration, tiny_llava_next_config(tokenizer), tokenizer, seed)
+    return seeded_model(LlavaNextForConditionalGeneration, tiny_llava_next_config(tokenizer), tokenizer, seed)
 
 
 def build_tiny_llava_next_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaNextProcessor:
@@ -277,7 +277,7 @@ def build_tiny_gemma3(
     parameters) for ``tokenizer`` (default: :func:`build_gemma3_tokenizer`); weights depend only on ``seed``."""
     tokenizer = build_gemma3_tokenizer() if tokenizer is None else tokenizer
     config = tiny_gemma3_config(tokenizer)
-    model = _seeded_model(Gemma3ForConditionalGeneration, config, tokenizer, seed)
+    model = seeded_model(Gemma3ForConditionalGeneration, config, tokenizer, seed)
     # Gemma-3 initialises its image projection to zeros (a checkpoint overwrites it): a random model would give every
     # image token a zero embedding and ignore the image. Draw it like the other weights.
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -352,7 +352,7 @@ def build_tiny_idefics3(
     """A randomly initialised, float32 :class:`~transformers.Idefics3ForConditionalGeneration` (about 0.3M
     parameters) for ``tokenizer`` (default: :func:`build_idefics3_tokenizer`); weights depend only on ``seed``."""
     tokenizer = build_idefics3_tokenizer() if tokenizer is None else tokenizer
-    return _seeded_model(Idefics3ForConditionalGeneration, tiny_idefics3_config(tokenizer), tokenizer, seed)
+    return seeded_model(Idefics3ForConditionalGeneration, tiny_idefics3_config(tokenizer), tokenizer, seed)
 
 
 def build_tiny_idefics3_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Idefics3Processor:
