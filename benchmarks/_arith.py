@@ -12,6 +12,7 @@ Nothing here downloads anything; the tokenizer and model are built from code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,13 +62,14 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "device": device,
     }
     if str(device).startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    try:
-        import trl
-
-        info["trl"] = trl.__version__
-    except ImportError:
-        pass
+        info["gpu_memory_bytes"] = int(props.total_memory)
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["cuda"] = torch.version.cuda
+    for package in ("trl", "peft"):
+        with contextlib.suppress(ImportError):
+            info[package] = __import__(package).__version__
     return info
 
 

@@ -309,11 +309,80 @@ class Config:
     probe_prefix: bool = True
 
 
-def run_config(cfg: Config, tokenizer: Any, device: str, dtype: torch.dtype, echo: bool = True) -> dict[str, Any]:
-    from datasets import Dataset
+@dataclass
+class TimedRun:
+    """One timed training run of one method: per generation round after the warm-up round, its phase record."""
+
+    rounds: list[dict[str, float]]
+    wall_seconds: float
+    peak_bytes: int
+    peak_delta_bytes: int
+    teacher_rows_per_round: float
+    student_rows_per_round: float
+
+
+def run_timed(trainer_class: type, timer: PhaseTimer, model: Any, args: Any, data: Any, processing_class: Any,
+              device: str, peft_config: Any = None) -> tuple[TimedRun, Any]:
+    """Train ``trainer_class`` (a :func:`timed_trainer_class`) for ``args.max_steps`` optimizer steps under
+    :class:`PeakMemory`, and split the phase records (one per optimizer step) into generation rounds
+    (``steps_per_generation / gradient_accumulation_steps`` optimizer steps each; the first round is warm-up and
+    dropped). Returns the run and the trainer."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from cepo.integrations.trl import CEPOGRPOConfig, make_math_reward
+    from cepo.integrations.trl import make_math_reward
+
+    trainer = trainer_class(model=model, reward_funcs=make_math_reward(), args=args, train_dataset=data,
+                            processing_class=processing_class, callbacks=[step_callback(timer)],
+                            peft_config=peft_config)
+    for quiet in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(quiet)
+    gc.collect()
+    memory = PeakMemory(device)
+    tic = time.perf_counter()
+    with memory:
+        trainer.train()
+    wall = time.perf_counter() - tic
+    per_generation = args.steps_per_generation // args.gradient_accumulation_steps  # optimizer steps per round
+    steps = timer.steps
+    per_round = [_sum_records(steps[i : i + per_generation]) for i in range(0, len(steps), per_generation)]
+    timed = max(1, len(per_round) - 1)
+    forwards = [e for e in trainer.forward_log if e.get("step", 0) >= per_generation]
+    run = TimedRun(
+        rounds=per_round[1:], wall_seconds=wall, peak_bytes=memory.peak_bytes, peak_delta_bytes=memory.delta_bytes,
+        teacher_rows_per_round=sum(e["rows"] for e in forwards if e["kind"] == "teacher") / timed,
+        student_rows_per_round=sum(e["rows"] for e in forwards if e["kind"] == "student") / timed,
+    )
+    return run, trainer
+
+
+def summarize_runs(runs: list[TimedRun]) -> dict[str, Any]:
+    """One method's result over its repeated runs: mean phases per timed round, and the smallest peak memory
+    (the first run of a shape pays one-time allocations)."""
+    timed = [r for run in runs for r in run.rounds]
+    summary = {k: sum(r.get(k, 0.0) for r in timed) / len(timed) for k in sorted({k for r in timed for k in r})}
+    return {
+        "phases_per_round": summary,
+        "round_totals": [r["total"] for r in timed],
+        "rounds_timed": len(timed),
+        "wall_seconds": [run.wall_seconds for run in runs],
+        "peak_bytes": min(run.peak_bytes for run in runs),
+        "peak_delta_bytes": min(run.peak_delta_bytes for run in runs),
+        "teacher_rows_per_round": runs[0].teacher_rows_per_round,
+        "student_rows_per_round": runs[0].student_rows_per_round,
+    }
+
+
+def free_memory(device: str) -> None:
+    """Collect garbage and, on CUDA, return cached blocks (between runs, so each starts from the same state)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_config(cfg: Config, tokenizer: Any, device: str, dtype: torch.dtype, echo: bool = True) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from cepo.integrations.trl import CEPOGRPOConfig
 
     size = SIZES[cfg.size]
     base = build_model(tokenizer, size, dtype, device)
@@ -325,8 +394,7 @@ def run_config(cfg: Config, tokenizer: Any, device: str, dtype: torch.dtype, ech
     probe: dict[str, Any] | None = None
     per_generation = 2 if cfg.layout == "paper" else 1
     rows = cfg.prompts * cfg.group
-    collected: dict[str, dict[str, Any]] = {m: {"rounds": [], "peak": [], "delta": [], "wall": [], "teacher_rows": [],
-                                                "student_rows": []} for m in METHODS}
+    collected: dict[str, list[TimedRun]] = {m: [] for m in METHODS}
     order = [m for r in range(cfg.repeats) for m in (METHODS if r % 2 == 0 else METHODS[::-1])]  # ABC CBA ...
     for method in order:
         timer = PhaseTimer()
@@ -339,55 +407,27 @@ def run_config(cfg: Config, tokenizer: Any, device: str, dtype: torch.dtype, ech
             logging_steps=1, report_to="none", save_strategy="no", seed=0, disable_tqdm=True, shuffle_dataset=False,
             cepo_method=method, cepo_lambda_schedule="constant", cepo_lam0=0.5, cepo_eps_w=0.5,
         )
-        Timed = timed_trainer_class(timer, replay)
-        trainer = Timed(model=model, reward_funcs=make_math_reward(), args=args, train_dataset=data,
-                        processing_class=tokenizer, callbacks=[step_callback(timer)])
-        for quiet in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(quiet)
-        gc.collect()
-        memory = PeakMemory(device)
-        tic = time.perf_counter()
-        with memory:
-            trainer.train()
-        got = collected[method]
-        got["wall"].append(time.perf_counter() - tic)
-        got["peak"].append(memory.peak_bytes)
-        got["delta"].append(memory.delta_bytes)
-        # one record per generation round (per_generation optimizer steps each); the first round is warm-up
-        steps = timer.steps
-        per_round = [_sum_records(steps[i : i + per_generation]) for i in range(0, len(steps), per_generation)]
-        got["rounds"] += per_round[1:]
-        forwards = [e for e in trainer.forward_log if e.get("step", 0) >= per_generation]
-        got["teacher_rows"].append(sum(e["rows"] for e in forwards if e["kind"] == "teacher") / cfg.steps)
-        got["student_rows"].append(sum(e["rows"] for e in forwards if e["kind"] == "student") / cfg.steps)
+        run, trainer = run_timed(timed_trainer_class(timer, replay), timer, model, args, data, tokenizer, device)
+        collected[method].append(run)
         if method == "cepo" and probe is None and cfg.probe_prefix:
             probe = prefix_sharing_probe(trainer.model, tokenizer, data, replay, cfg, device)
         del trainer, model
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    results: dict[str, Any] = {}
-    for method, got in collected.items():
-        timed = got["rounds"]
-        summary = {k: sum(r.get(k, 0.0) for r in timed) / len(timed) for k in sorted({k for r in timed for k in r})}
-        results[method] = {
-            "phases_per_round": summary,
-            "round_totals": [r["total"] for r in timed],
-            "rounds_timed": len(timed),
-            "wall_seconds": got["wall"],
-            "peak_bytes": min(got["peak"]),  # min over repeats: the first run of a shape pays one-time allocations
-            "peak_delta_bytes": min(got["delta"]),
-            "teacher_rows_per_round": got["teacher_rows"][0],
-            "student_rows_per_round": got["student_rows"][0],
-        }
-        if echo:
-            print(f"    {method:<5} {summary['total']:.2f} s/round  " + ", ".join(
-                f"{k} {v:.2f}" for k, v in summary.items() if k != "total" and v >= 0.005), flush=True)
-    ratios = _ratios(results)
+        free_memory(device)
+    results = {method: summarize_runs(runs) for method, runs in collected.items()}
+    if echo:
+        for method, result in results.items():
+            print(f"    {method:<5} {phase_line(result['phases_per_round'])}", flush=True)
+    ratios = method_ratios(results)
     hinted = data[0]["prompt"][0]["content"] + "\n\nHere is a sample answer: 12"
     teacher_prompt = rendered_prompt_tokens(tokenizer, hinted)
     return {"config": asdict(cfg), "parameters": params, "rows_per_round": rows, "prompt_tokens": prompt_tokens,
             "teacher_prompt_tokens": teacher_prompt, "methods": results, "ratios": ratios, "prefix_sharing": probe}
+
+
+def phase_line(summary: dict[str, float]) -> str:
+    """``1.23 s/round  generation 0.50, update 0.40, ...`` (phases of at least 5 ms)."""
+    return f"{summary['total']:.2f} s/round  " + ", ".join(
+        f"{k} {v:.2f}" for k, v in summary.items() if k != "total" and v >= 0.005)
 
 
 def _sum_records(records: list[dict[str, float]]) -> dict[str, float]:
@@ -398,13 +438,15 @@ def _sum_records(records: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
+def method_ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    """Every method against ``grpo`` (which ``results`` must hold): step time with and without generation, peak
+    memory (and what training added to it), and the teacher passes over GRPO's old-log-prob pass."""
     def total(m: str, exclude: tuple[str, ...] = ()) -> float:
         phases = results[m]["phases_per_round"]
         return phases["total"] - sum(phases.get(k, 0.0) for k in exclude)
 
     out: dict[str, float | None] = {}
-    for m in ("rlsd", "cepo"):
+    for m in [m for m in results if m != "grpo"]:
         out[f"{m}_over_grpo_step"] = total(m) / total("grpo")
         out[f"{m}_over_grpo_step_without_generation"] = total(m, ("generation",)) / total("grpo", ("generation",))
         out[f"{m}_over_grpo_peak_memory"] = results[m]["peak_bytes"] / results["grpo"]["peak_bytes"]
