@@ -33,6 +33,10 @@ METHODS = tuple(sorted(ALGORITHM_METHODS))
 TRAINER_MODE = "cepo_sync"
 """``trainer.v1.trainer_mode`` of our v1 trainer (see ``cepo.integrations.verl.trainer``)."""
 
+PLUGIN_MODULE = "cepo.integrations.verl.plugin"
+"""cepo's verl plugin (the M-RoPE position-ids fix), imported by every verl worker through
+``actor_rollout_ref.model.external_lib`` (:func:`finalize_config`)."""
+
 _CONFIGS_ENV = "CEPO_CONFIGS_DIR"
 
 PACKAGE_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -243,12 +247,20 @@ def finalize_config(cfg: DictConfig) -> DictConfig:
     """Fill values that depend on where cepo is installed (in place, also returned).
 
     ``reward.custom_reward_function.path`` left ``null`` in the YAML becomes the absolute path of
-    our reward function file, so the YAML stays machine-independent.
+    our reward function file, so the YAML stays machine-independent. ``actor_rollout_ref.model.external_lib`` gets
+    cepo's verl plugin added (:data:`PLUGIN_MODULE`), so every verl worker imports it when it builds the model config,
+    whatever ``VERL_USE_EXTERNAL_PLUGINS`` says or whether cepo was pip-installed (``cepo.integrations.verl.plugin``).
     """
     with open_dict(cfg):
         reward_fn = OmegaConf.select(cfg, "reward.custom_reward_function")
         if reward_fn is not None and not reward_fn.get("path"):
             reward_fn.path = reward_function_path()
+        model = OmegaConf.select(cfg, "actor_rollout_ref.model")
+        if model is not None:
+            libs = model.get("external_lib", None)
+            libs = [] if libs is None else [libs] if isinstance(libs, str) else list(libs)
+            if PLUGIN_MODULE not in libs:
+                model.external_lib = PLUGIN_MODULE if not libs else [*libs, PLUGIN_MODULE]
     return cfg
 
 
@@ -377,8 +389,10 @@ def _check_teacher_pass_features(cfg: DictConfig, estimator: str) -> None:
         "algorithm.use_kl_in_reward",
         f"must be false with algorithm.adv_estimator={estimator}: the KL penalty in the reward gives groups whose "
         "verifier scores are all equal a non-zero advantage, but the teacher passes skip those rows (they are chosen "
-        "from the verifier scores), so their token credit would be wrong; use actor_rollout_ref.actor.use_kl_loss=true "
-        "(KL as a loss term, weight actor_rollout_ref.actor.kl_loss_coef) instead",
+        "from the verifier scores), so their token credit would be wrong; " + (
+            "set it to false" if get_method(estimator).one_update_per_rollout else
+            "use actor_rollout_ref.actor.use_kl_loss=true (KL as a loss term, weight "
+            "actor_rollout_ref.actor.kl_loss_coef) instead"),
     )
     _require(
         not OmegaConf.select(cfg, "actor_rollout_ref.rollout.multi_turn.enable", default=False),

@@ -79,3 +79,14 @@ def test_resume_inside_a_generation_round_is_refused(tiny_model: Path, tmp_path:
     with pytest.raises(ValueError, match=r"inside a generation round .*save_steps to a multiple of 2") as info:
         resumed.train(resume_from_checkpoint=str(checkpoint))
     assert "\n" not in str(info.value)
+
+
+def test_conspo_refuses_tools(tiny_model: Path, tmp_path: Path) -> None:
+    """TRL's loss leaves tool results out (tool_mask) but ConSPO's 1/|o| counts them: refused. (Building a trainer
+    with tools needs jmespath on this transformers; the check reads the trainer's own ``tools`` attribute.)"""
+    trainer = _trainer(tiny_model, tmp_path, "conspo")
+    trainer._check_one_update_per_rollout()  # no tools: accepted
+    trainer.tools = [len]
+    with pytest.raises(ValueError, match=r"'conspo' does not support tools.*tool_mask.*cepo_method='grpo'") as info:
+        trainer._check_one_update_per_rollout()
+    assert "\n" not in str(info.value)

@@ -18,6 +18,13 @@ when it is imported, in the driver and in each Ray worker.
    log-probs and gradients; a crash with remove-padding or dynamic batching). :func:`fix_3d_position_ids` rebuilds
    such a tensor in verl's layout (``values`` ``(4, sum L)``, ragged sequence dimension) before verl's function
    runs.
+
+verl loads entry points quietly (a load error is logged at DEBUG), ``VERL_USE_EXTERNAL_PLUGINS`` can exclude this
+one, and a source checkout that was never pip-installed has no entry point at all. So cepo's configs also name this
+module in ``actor_rollout_ref.model.external_lib`` (:func:`cepo.recipes.finalize_config`), which verl imports in
+every worker when it builds the model config (``HFModelConfig.__post_init__``, the first thing ``init_model`` does,
+before any step); an install that fails there raises one line. :func:`require_workers_fix` refuses, in the driver, a
+config for an M-RoPE model whose workers would get the fix from neither path, naming the cause.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 from typing import Any
@@ -113,16 +121,93 @@ def install_position_ids_fix() -> None:
             module.maybe_fix_3d_position_ids = fix_3d_position_ids
 
 
+PLUGIN_MODULE = __name__
+"""This module, as ``actor_rollout_ref.model.external_lib`` names it (``cepo.recipes.PLUGIN_MODULE``)."""
+
+ENTRY_POINT = "cepo"
+"""The name of this plugin's ``verl.plugins`` entry point (``pyproject.toml``)."""
+
+
+def position_ids_fix_active() -> bool:
+    """Whether verl's ``maybe_fix_3d_position_ids`` is :func:`fix_3d_position_ids` here and in every loaded verl
+    module that binds it by name (:data:`FIX_3D_USERS`)."""
+    import verl.utils.tensordict_utils as tensordict_utils
+
+    modules = [tensordict_utils, *(sys.modules[name] for name in FIX_3D_USERS if name in sys.modules)]
+    return all(getattr(module, "maybe_fix_3d_position_ids", None) is fix_3d_position_ids for module in modules)
+
+
+def uses_mrope(model_path: str) -> bool:
+    """Whether the model at ``model_path`` uses multimodal RoPE (``mrope_section`` in its text config's rope
+    parameters: Qwen2-VL, Qwen2.5-VL, Qwen3-VL), i.e. 3-D position ids that verl#7899 garbles."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    text = config.get_text_config()
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    return isinstance(rope, dict) and "mrope_section" in rope
+
+
+def entry_point_cause() -> str | None:
+    """Why verl's own plugin loading would not install this plugin in a fresh process (``None``: it would)."""
+    policy = os.getenv("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    allowed = {name.strip() for name in policy.split(",") if name.strip()}
+    if policy == "none" or (policy != "auto" and ENTRY_POINT not in allowed):
+        return f"VERL_USE_EXTERNAL_PLUGINS={policy} excludes cepo's verl plugin (add {ENTRY_POINT} to it, or unset it)"
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="verl.plugins") if ep.name == ENTRY_POINT]
+    if not found:
+        return ("cepo's verl.plugins entry point is not installed (a source checkout that was not pip-installed: "
+                "pip install -e .)")
+    try:
+        found[0].load()
+    except Exception as err:
+        return f"cepo's verl plugin fails to load ({type(err).__name__}: {err})"
+    return None
+
+
+def external_libs(value: Any) -> list[str]:
+    """``actor_rollout_ref.model.external_lib`` (null, one module name or a list) as a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def require_workers_fix(model_path: str, external_lib: Any) -> None:
+    """Refuse (one line, naming the cause) an M-RoPE model whose verl workers would run without
+    :func:`fix_3d_position_ids`: neither ``external_lib`` names this module nor would verl's entry-point loading
+    install it. Models without M-RoPE need no fix and pass."""
+    if PLUGIN_MODULE in external_libs(external_lib) or not uses_mrope(model_path):
+        return
+    cause = entry_point_cause()
+    if cause is not None:
+        raise RuntimeError(
+            f"{model_path} uses M-RoPE, and verl's workers would run without cepo's position-ids fix (verl#7899: "
+            f"wrong log-probs when a batch's rows have equal lengths): {cause}; or set "
+            f"actor_rollout_ref.model.external_lib={PLUGIN_MODULE} (cepo's configs do)"
+        )
+
+
 def install() -> None:
     """Point verl's ``is_trl_available`` at :func:`trl_has_value_head` and install :func:`fix_3d_position_ids`.
 
     Must run before ``verl.models.transformers.monkey_patch``, ``verl.utils.model`` and verl's engine modules are
-    imported (they bind the names on import); ``import verl`` loads this plugin before any of them.
+    imported (they bind the names on import); ``import verl`` loads this plugin before any of them. Raises one line
+    if the position-ids fix is not in place afterwards (a verl whose modules changed).
     """
     import verl.utils.import_utils as import_utils
 
     import_utils.is_trl_available = trl_has_value_head
     install_position_ids_fix()
+    if not position_ids_fix_active():
+        raise RuntimeError(
+            "cepo's verl plugin could not install its M-RoPE position-ids fix (verl#7899) in "
+            f"{[n for n in ('verl.utils.tensordict_utils', *FIX_3D_USERS) if n in sys.modules]}; this verl is not "
+            "the 0.9.1 it was written for"
+        )
 
 
 install()

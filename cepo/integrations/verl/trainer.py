@@ -47,6 +47,7 @@ from cepo.integrations.verl.credit import (
     ground_truths_of,
 )
 from cepo.integrations.verl.estimators import cepo_trainer_advantage  # also registers our estimators
+from cepo.integrations.verl.plugin import require_workers_fix
 from cepo.integrations.verl.teacher_batch import build_teacher_rows, nested_row_fields
 from cepo.recipes import TRAINER_MODE, cepo_config_from
 from cepo.rewards import extract_answer
@@ -88,6 +89,8 @@ class CEPOTrainerSync(PPOTrainerSync):
     """verl's synchronous v1 trainer plus the CEPO/RLSD teacher passes (see the module docstring)."""
 
     def __init__(self, config: Any) -> None:
+        model = config.actor_rollout_ref.model
+        require_workers_fix(str(model.path), model.get("external_lib", None))  # before any worker starts
         super().__init__(config)
         self.cepo: CEPOConfig = cepo_config_from(config)
         self._cepo_teacher_seconds: float | None = None
