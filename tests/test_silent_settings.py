@@ -108,3 +108,17 @@ def test_conspo_truncated_rollout_is_absent_from_its_group() -> None:
     as_negative = sequence_advantages("conspo", rewards, groups, scores=rollout_scores(logp, unmasked),
                                       options={"tau": 10.0, "margin": 0.01, "threshold": 0.5})
     assert not torch.allclose(as_negative[:2], adv[:2])
+
+
+def test_save_steps_inside_generation_rounds_warns(tmp_path: Path) -> None:
+    """Two optimizer steps per generation round: save_steps=1 saves checkpoints that cannot be resumed."""
+    import warnings
+
+    layout = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "steps_per_generation": 4,
+              "save_strategy": "steps"}
+    with pytest.warns(UserWarning, match=r"save_steps=1 saves checkpoints inside generation rounds.*multiple of 2"):
+        CEPOGRPOConfig(**tiny_run_settings(tmp_path, "grpo", save_steps=1, **layout))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CEPOGRPOConfig(**tiny_run_settings(tmp_path, "grpo", save_steps=4, **layout))
+    assert not [w for w in caught if "generation rounds" in str(w.message)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,20 @@ class CEPOGRPOConfig(GRPOConfig):
         cfg = self.cepo_config()  # validate early, naming the key
         if get_method(cfg.method).one_update_per_rollout:
             self._check_one_update_per_rollout(cfg.method)
+        self._warn_checkpoints_inside_rounds()
+
+    def _warn_checkpoints_inside_rounds(self) -> None:
+        """A checkpoint saved inside a generation round cannot be resumed (``CEPOTrainer`` refuses it: TRL would
+        re-index the rounds); warn, in one line, when ``save_steps`` would save there."""
+        per_round = self.steps_per_generation * self.num_iterations  # micro-steps of one generation round
+        if self.save_strategy != "steps" or self.save_steps < 1 or per_round <= self.gradient_accumulation_steps:
+            return
+        if int(self.save_steps) * self.gradient_accumulation_steps % per_round:
+            every = f"{per_round / self.gradient_accumulation_steps:g}"
+            warnings.warn(
+                f"save_steps={self.save_steps:g} saves checkpoints inside generation rounds (one round = {every} "
+                f"optimizer steps), which cannot be resumed; set save_steps to a multiple of {every}", stacklevel=3,
+            )
 
     def _check_one_update_per_rollout(self, method: str) -> None:
         """ConSPO's objective has no importance ratio: its advantages are its exact gradient at the rollout policy
