@@ -28,6 +28,7 @@ from cepo.integrations.verl.resources import (
     check_rollout_engine,
     required_pools,
     shortage,
+    start_ray_checked,
     wait_s_from_env,
 )
 from cepo.recipes import ConfigError, compose_method_config
@@ -101,6 +102,15 @@ def test_no_gpu_cluster_names_count_keys_and_fixes() -> None:
     assert "has 0 GPUs on 1 node" in line and "ENGINE=trl" in line and "ray start --address=10.0.0.1:6379" in line
 
 
+def test_local_ray_refusal_names_no_workers_to_start() -> None:
+    """A Ray this process started on this node has no workers to start: the fixes are NGPUS or the TRL engine."""
+    none = shortage(required_pools(_cfg()), _gpus(0), available=True, local=True)
+    assert none is not None and "the Ray this process started on this node has 0 GPUs" in none
+    assert "ray start" not in none and "ENGINE=trl" in none
+    four = shortage(required_pools(_cfg()), _gpus(4), available=True, local=True)
+    assert four is not None and "NGPUS=4" in four and "ray start" not in four
+
+
 def test_gpus_spread_over_small_nodes_suggest_ngpus_and_nnodes() -> None:
     """8 GPUs in total but 4 per node: verl's own check (totals) passes and its STRICT_PACK group never places."""
     pools = required_pools(_cfg("trainer.n_gpus_per_node=8"))
@@ -130,6 +140,24 @@ def test_rollout_replica_larger_than_a_node_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"does not divide the job's 8 GPUs"):
         check_parallelism(_cfg("actor_rollout_ref.rollout.tensor_model_parallel_size=3"))
     check_parallelism(_cfg("actor_rollout_ref.rollout.tensor_model_parallel_size=4"))
+
+
+def test_unreachable_ray_address_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens on a free port: one line in well under Ray's minutes of GCS retries, no Ray started."""
+    import socket
+    import time
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    cfg = _cfg("trainer.n_gpus_per_node=1")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"RAY_ADDRESS=127.0.0.1:{port}: no Ray head answers there"):
+        start_ray_checked(cfg)
+    assert time.monotonic() - start < 10 and not ray.is_initialized()
 
 
 @pytest.mark.parametrize("text", ["-1", "soon", "nan"])
@@ -180,7 +208,7 @@ def test_entry_point_refuses_on_a_cluster_without_gpus(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-3000:]
     line = _one_error_line(done.stderr)
     assert "needs 8 GPUs (trainer.n_gpus_per_node=8 x trainer.nnodes=1)" in line and "has 0 GPUs" in line
-    assert "ENGINE=trl" in line
+    assert "ENGINE=trl" in line and "started on this node" in line
     assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -192,17 +192,22 @@ def _need_text(pools: list[PoolNeed]) -> str:
     return f"{total} GPU{'s' if total != 1 else ''} ({inside})"
 
 
-def shortage(pools: list[PoolNeed], gpus: ClusterGPUs, *, available: bool) -> str | None:
-    """The one-line refusal if the cluster's GPUs (``available`` ones, or all of them) cannot hold ``pools``."""
+def shortage(pools: list[PoolNeed], gpus: ClusterGPUs, *, available: bool, local: bool = False) -> str | None:
+    """The one-line refusal if the cluster's GPUs (``available`` ones, or all of them) cannot hold ``pools``.
+
+    ``local``: a Ray this process started on this node (no workers to start: the fixes are the config or ENGINE=trl).
+    """
     capacity = gpus.available if available else gpus.total
     if _placeable(pools, capacity):
         return None
     need = sum(p.total for p in pools)
-    where = f"the Ray cluster at {gpus.address} has {gpus.describe()}"
+    where = (f"the Ray this process started on this node has {gpus.describe()}" if local
+             else f"the Ray cluster at {gpus.address} has {gpus.describe()}")
     head = f"the job needs {_need_text(pools)}, but {where}"
     if gpus.n_total == 0:
-        return (f"{head}; run it on a GPU node, start the cluster's GPU workers (ray start --address={gpus.address} "
-                f"on each GPU node), {TRL_FIX}")
+        workers = "" if local else f"start the cluster's GPU workers (ray start --address={gpus.address} on each " \
+            "GPU node), "
+        return f"{head}; run it on a GPU node, {workers}{TRL_FIX}"
     biggest = max(int(v) for v in gpus.total.values())
     if gpus.n_total >= need and _placeable(pools, gpus.total):
         busy = gpus.n_total - gpus.n_available
@@ -213,7 +218,8 @@ def shortage(pools: list[PoolNeed], gpus: ClusterGPUs, *, available: bool) -> st
     fix = f"NGPUS={biggest} (trainer.n_gpus_per_node={biggest})"
     if len(gpus.total) > 1 or nnodes > 1:
         fix += f" with NNODES={max(1, min(nnodes, len(gpus.total)))} (trainer.nnodes)"
-    return f"{head}; set {fix}, or start more GPU workers (ray start --address={gpus.address}), {TRL_FIX}"
+    workers = "" if local else f", or start more GPU workers (ray start --address={gpus.address})"
+    return f"{head}; set {fix}{workers}, {TRL_FIX}"
 
 
 def wait_s_from_env() -> float:
@@ -239,12 +245,14 @@ def wait_for_gpus(
     *,
     wait_s: float,
     resource: str = "GPU",
+    local: bool = False,
     say: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ClusterGPUs:
     """Poll the cluster until its free GPUs hold ``pools``, for at most ``wait_s`` seconds.
 
-    Prints (``say``) what it waits for when it starts waiting and every :data:`PROGRESS_EVERY_S` seconds.
+    Prints (``say``) what it waits for when it starts waiting and every :data:`PROGRESS_EVERY_S` seconds;
+    ``local`` words the refusal for a Ray this process started (:func:`shortage`).
 
     Returns:
         The cluster's GPUs once they suffice.
@@ -257,7 +265,7 @@ def wait_for_gpus(
     last_said = None
     while True:
         gpus = cluster_gpus(resource)
-        message = shortage(pools, gpus, available=True)
+        message = shortage(pools, gpus, available=True, local=local)
         if message is None:
             return gpus
         waited = clock() - start
@@ -343,7 +351,28 @@ def check_cluster(cfg: Any, *, wait_s: float | None = None) -> ClusterGPUs:
     resource = "NPU" if str(cfg.trainer.get("device", "cuda")) == "npu" else "GPU"
     started_here = bool(getattr(ray._private.worker.global_worker.node, "head", False))
     limit = 0.0 if started_here else (wait_s_from_env() if wait_s is None else wait_s)
-    return wait_for_gpus(pools, wait_s=limit, resource=resource)
+    return wait_for_gpus(pools, wait_s=limit, resource=resource, local=started_here)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A GCS address (``host:port``) that nothing answers at fails at once, not after Ray's minutes of retries.
+
+    Raises:
+        ConfigError: naming ``RAY_ADDRESS`` and the fix. ``http://`` addresses are Ray's own one-line error;
+            ``auto`` and an empty address are left to ``ray.init``.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: no Ray head answers there ({err.strerror or err}); start it (ray start --head "
+            f"--port={port}) or fix RAY_ADDRESS (ray_kwargs.ray_init.address), or unset it to start Ray on this node"
+        ) from None
 
 
 def start_ray_checked(cfg: Any) -> None:
@@ -354,9 +383,11 @@ def start_ray_checked(cfg: Any) -> None:
     so the real ``run_ppo`` call that follows skips its ``ray.init`` and creates the workers.
 
     Raises:
-        ConfigError: :func:`check_parallelism` or :class:`ResourceShortage`.
+        ConfigError: :func:`check_parallelism`, :func:`check_reachable` or :class:`ResourceShortage`.
     """
     check_parallelism(cfg)
+    ray_init = cfg.get("ray_kwargs", {}).get("ray_init", {}) or {}
+    check_reachable(str(ray_init.get("address") or os.environ.get("RAY_ADDRESS", "")).strip())
     from verl.trainer.main_ppo import run_ppo
 
     run_ppo(cfg, task_runner_class=_Probe(cfg))
