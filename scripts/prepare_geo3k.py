@@ -34,23 +34,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import datasets
 
 from cepo.data import answer_problems, answer_text, describe_bad_images, image_problems, student_prompt
 from cepo.data.answers import describe_answer_problems
-from cepo.data.files import SUPPORTED_FORMATS, read_data_file
+from cepo.data.prepare import load_splits, write_splits
 from cepo.output_paths import check_output_dir
 
 DATA_SOURCE = "hiyouga/geometry3k"
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-"""A hub dataset name: ``owner/name`` (or a bare ``name``)."""
 
 
 class MissingAnswerError(ValueError):
@@ -59,63 +53,6 @@ class MissingAnswerError(ValueError):
 
 class BadImageError(ValueError):
     """Rows whose image cannot be opened and ``--on-bad-image fail``."""
-
-
-def looks_like_path(source: str) -> bool:
-    """True for ``/x``, ``./x``, ``~/x``, ``a/b/c``, ``x.parquet``: never a hub name."""
-    return (
-        source.startswith(("/", ".", "~"))
-        or source.count("/") > 1
-        or (os.sep != "/" and os.sep in source)
-        or Path(source).suffix.lower() in {".parquet", ".json", ".jsonl", ".arrow"}
-        or not HUB_ID.match(source)
-    )
-
-
-def _load_hub(source: str, splits: list[str]) -> dict[str, datasets.Dataset]:
-    try:
-        return {s: datasets.load_dataset(source, split=s) for s in splits}
-    except ConnectionError as err:
-        why = "HF_HUB_OFFLINE is set" if datasets.config.HF_HUB_OFFLINE else f"{err}"
-        raise ValueError(
-            f"--dataset {source!r} is not a local path and the Hugging Face hub cannot be reached to download it "
-            f"({why}); run where the hub is reachable, or pass --dataset a local parquet dir or file"
-        ) from None
-    except FileNotFoundError as err:  # datasets' DatasetNotFoundError
-        raise FileNotFoundError(
-            f"--dataset {source!r} is neither a local path nor a dataset on the Hugging Face hub ({err})"
-        ) from None
-    except ValueError as err:  # an unknown split
-        raise ValueError(f"--dataset {source!r}: {err}") from None
-
-
-def load_source(source: str, splits: list[str]) -> dict[str, datasets.Dataset]:
-    """Load the requested splits from a hub name, a data dir/file, or a ``save_to_disk`` dir."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return {splits[0]: read_data_file(path, label="--dataset")}
-    if path.is_dir():
-        files = {s: str(path / f"{s}.parquet") for s in splits if (path / f"{s}.parquet").is_file()}
-        if files:
-            missing = sorted(set(splits) - set(files))
-            if missing:
-                raise FileNotFoundError(f"{path} has no {', '.join(m + '.parquet' for m in missing)}")
-            return {s: read_data_file(f, label=f"--dataset split {s!r}") for s, f in files.items()}
-        if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-            raise FileNotFoundError(
-                f"--dataset {source!r} holds no {', '.join(s + '.parquet' for s in splits)} and is not a "
-                f"datasets.save_to_disk directory; supported: {SUPPORTED_FORMATS}"
-            )
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            return {splits[0]: loaded}
-        absent = [s for s in splits if s not in loaded]
-        if absent:
-            raise ValueError(f"--dataset {source!r} has the splits {sorted(loaded)}, not {absent}; use --splits")
-        return {s: loaded[s] for s in splits}
-    if looks_like_path(source):
-        raise FileNotFoundError(f"--dataset {source!r} does not exist (no such file or directory)")
-    return _load_hub(source, splits)
 
 
 def to_verl(
@@ -182,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         out = check_output_dir(args.local_dir, "--local-dir")  # before the download and the conversion
         converted = {
             split: to_verl(ds, split, args.on_missing_answer, args.on_bad_image)
-            for split, ds in load_source(args.dataset, args.splits).items()
+            for split, ds in load_splits(args.dataset, args.splits, "--dataset").items()
         }
-        write_splits(converted, out)
+        write_splits(converted, out, "prepare_geo3k")
     except (FileNotFoundError, ValueError) as err:
         print(f"[prepare_geo3k] error: {err}", file=sys.stderr)
         return 2
@@ -192,24 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         print("[prepare_geo3k] interrupted; nothing was written", file=sys.stderr)
         return 130
     return 0
-
-
-def write_splits(converted: dict[str, datasets.Dataset], out: Path) -> None:
-    """Write every split to ``out/<split>.parquet``: each to a temporary file first, renamed into place only
-    when all are written, so a failure leaves no partial file."""
-    out.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, Path] = {}
-    try:
-        for split, dataset in converted.items():
-            tmp = out / f".{split}.parquet.tmp-{os.getpid()}"
-            staged[split] = tmp
-            dataset.to_parquet(str(tmp))
-        for split, tmp in staged.items():
-            os.replace(tmp, out / f"{split}.parquet")
-            print(f"[prepare_geo3k] wrote {len(converted[split])} rows to {out / f'{split}.parquet'}")
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -43,11 +43,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from cepo.data import answer_text, student_prompt
 from cepo.data.prepare import load_splits, rows_to_drop, write_splits
+from cepo.output_paths import check_output_dir
 
 PROG = "prepare_math"
 
@@ -154,10 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep repeated (problem, answer) rows of the training set (default: once each)")
     args = parser.parse_args(argv)
-    out = Path(args.local_dir).expanduser()
     try:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--local-dir {str(out)!r} is a file, not a directory")
+        out = check_output_dir(args.local_dir, "--local-dir")  # before the downloads and the conversion
         converted = {}
         for split in args.splits:
             option, _, hub_split = SOURCES[split]

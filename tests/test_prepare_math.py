@@ -121,3 +121,11 @@ def test_missing_problem_column_names_the_source(tmp_path, sources, capsys):
     assert _script().main(["--local-dir", str(tmp_path / "out"), *args]) == 2
     line = _error_line(capsys.readouterr().err)
     assert "--train-dataset split 'train' has no problem column (problem or question or prompt" in line
+
+
+def test_local_dir_is_checked_before_any_download(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # reaching the hub sources would fail differently
+    (tmp_path / "a file").write_text("x")
+    assert _script().main(["--local-dir", str(tmp_path / "a file")]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "--local-dir" in line and "is a file, not a directory" in line and "hub" not in line

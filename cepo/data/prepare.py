@@ -133,9 +133,8 @@ def rows_to_drop(
 
 def write_splits(converted: Mapping[str, Any], out: Path, prog: str) -> None:
     """Write every split to ``out/<split>.parquet``: each to a temporary file first, renamed into place only
-    when all are written, so a failure leaves no partial file."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--local-dir {str(out)!r} is a file, not a directory")
+    when all are written, so a failure leaves no partial file. ``out`` is checked beforehand
+    (``cepo.output_paths.check_output_dir``, before any download)."""
     out.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     try:
