@@ -25,7 +25,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, entry_points, metadata, requires, version
+from importlib.metadata import PackageNotFoundError, metadata, requires, version
 from pathlib import Path
 from typing import Any
 
@@ -233,28 +233,24 @@ def check_flash_attn(cfg: Any, expected: Expected) -> Row:
     return row
 
 
-def check_plugin() -> Row:
-    """The ``verl.plugins`` entry point ``cepo`` exists, ``VERL_USE_EXTERNAL_PLUGINS`` admits it, and it is active."""
-    found = [ep for ep in entry_points(group="verl.plugins") if ep.name == "cepo"]
-    if not found:
-        return Row("verl plugin", FAIL, "the verl.plugins entry point 'cepo' is not registered",
-                   'pip install -e . (cepo must be pip-installed, not only on PYTHONPATH)')
-    policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
-    allowed = policy == "auto" or (policy != "none" and "cepo" in {p.strip() for p in policy.split(",")})
-    if not allowed:
-        return Row("verl plugin", FAIL, f"excluded by VERL_USE_EXTERNAL_PLUGINS={policy}",
-                   "unset VERL_USE_EXTERNAL_PLUGINS or add cepo to it (VERL_USE_EXTERNAL_PLUGINS=cepo,...)")
+def check_plugin(cfg: Any) -> Row:
+    """cepo's verl plugin (the M-RoPE position-ids fix, trl 1.x beside verl): importable with its fix in place, and
+    reaching verl's workers through the ``verl.plugins`` entry point (registered, not excluded by
+    ``VERL_USE_EXTERNAL_PLUGINS``) and/or ``actor_rollout_ref.model.external_lib`` (cepo's configs add it)."""
     try:
-        import verl  # noqa: F401  (loads the plugins)
-        import verl.utils.tensordict_utils as tensordict_utils
-
-        from cepo.integrations.verl.plugin import fix_3d_position_ids
-    except Exception as err:
-        return Row("verl plugin", FAIL, f"cannot import verl or the plugin: {str(err).splitlines()[0]}", INSTALL_FIX)
-    if tensordict_utils.maybe_fix_3d_position_ids is not fix_3d_position_ids:
-        return Row("verl plugin", FAIL, "registered but not active (it failed to load; verl logs that at DEBUG)",
-                   "python -c 'import cepo.integrations.verl.plugin' shows the error")
-    return Row("verl plugin", OK, "registered and active (M-RoPE position-ids fix, trl 1.x beside verl)")
+        from cepo.integrations.verl.plugin import PLUGIN_MODULE, entry_point_cause, external_libs
+    except Exception as err:  # install() raises when the fix is not in place (a verl whose modules changed)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Row("verl plugin", FAIL, f"cepo's verl plugin does not load: {first}", INSTALL_FIX)
+    cause = entry_point_cause()
+    named = PLUGIN_MODULE in external_libs(cfg.actor_rollout_ref.model.get("external_lib"))
+    if cause is None:
+        return Row("verl plugin", OK, "registered, loaded by verl" + (" and named in external_lib" if named else ""))
+    fix = "unset VERL_USE_EXTERNAL_PLUGINS or add cepo to it; pip install -e . (cepo pip-installed)"
+    if named:
+        return Row("verl plugin", WARN, f"{cause}; the workers still import it (actor_rollout_ref.model.external_lib)",
+                   fix)
+    return Row("verl plugin", FAIL, cause, f"{fix}; or set actor_rollout_ref.model.external_lib={PLUGIN_MODULE}")
 
 
 def check_ray(cfg: Any) -> Row:
@@ -398,7 +394,7 @@ def run_checks(cfg: Any) -> list[Row]:
     rows += [check_package(name, expected) for name, expected in stack.items() if name != "flash-attn"]
     rows += check_gpus(cfg)
     rows.append(check_flash_attn(cfg, stack["flash-attn"]))
-    rows.append(check_plugin())
+    rows.append(check_plugin(cfg))
     rows.append(check_ray(cfg))
     model_row, processor = check_model(str(cfg.actor_rollout_ref.model.path))
     rows.append(model_row)

@@ -122,13 +122,24 @@ def test_package_verdicts() -> None:
     assert check_package("no-such-dist-cepo", Expected(SpecifierSet(), None, False)).verdict == WARN
 
 
-@pytest.mark.parametrize(("policy", "verdict"), [("none", FAIL), ("other", FAIL), ("cepo,other", OK), ("auto", OK)])
-def test_plugin_policy(monkeypatch, policy: str, verdict: str) -> None:
+@pytest.mark.parametrize(("policy", "external_lib", "verdict"), [
+    ("auto", True, OK), ("cepo,other", True, OK), ("none", True, WARN), ("other", True, WARN),
+    ("none", False, FAIL)])
+def test_plugin_row(monkeypatch, policy: str, external_lib: bool, verdict: str) -> None:
+    """Excluded from verl's discovery, the fix still reaches the workers through external_lib (cepo's configs add
+    it): a warning; with neither path, a failure naming both fixes."""
+    from omegaconf import OmegaConf
+
+    from cepo.recipes import PLUGIN_MODULE
+
     monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", policy)
-    row = check_plugin()
+    cfg = OmegaConf.create({"actor_rollout_ref": {"model": {"external_lib": PLUGIN_MODULE if external_lib else None}}})
+    row = check_plugin(cfg)
     assert row.verdict == verdict, row
+    if verdict != OK:
+        assert f"VERL_USE_EXTERNAL_PLUGINS={policy}" in row.detail and "VERL_USE_EXTERNAL_PLUGINS" in row.fix
     if verdict == FAIL:
-        assert "VERL_USE_EXTERNAL_PLUGINS" in row.fix
+        assert f"external_lib={PLUGIN_MODULE}" in row.fix
 
 
 def test_tested_stack_is_the_one_docs_install_states() -> None:
