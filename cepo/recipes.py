@@ -115,12 +115,15 @@ def compose_method_config(
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from cepo.text_files import check_method_yaml
+
     directory = Path(config_dir) if config_dir is not None else configs_dir()
     overrides = list(overrides or [])
     if GlobalHydra.instance().is_initialized():
         # compose inside an already-running Hydra app (e.g. a notebook): use a fresh context
         GlobalHydra.instance().clear()
     try:
+        check_method_yaml(directory / f"{config_name}.yaml")  # empty, not UTF-8, cepo: not a block: name the file
         with initialize_config_dir(config_dir=str(directory), version_base=None, job_name="cepo"):
             cfg = compose(config_name=config_name, overrides=overrides)
         finalize_config(cfg)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cepo.text_files import read_utf8
+
 __all__ = ["SUPPORTED_FORMATS", "read_data_file"]
 
 SUPPORTED_FORMATS = ".parquet, .json, .jsonl, .arrow, or a datasets.save_to_disk directory"
@@ -67,7 +69,7 @@ def read_data_file(path: str | Path, label: str = "data file", split: str = "tra
                 raise ValueError(f"{label} {shown!r} is not a readable parquet file ({_first_line(err)})") from None
             if rows == 0:
                 raise ValueError(f"{label} {shown!r} has no rows")
-        elif builder == "json" and not p.read_text(errors="replace").strip():
+        elif builder == "json" and not read_utf8(p, label).strip():  # pyarrow's reader lets bad bytes through
             raise ValueError(f"{label} {shown!r} is empty (only whitespace)")
         try:
             dataset = datasets.load_dataset(builder, data_files=str(p), split="train")

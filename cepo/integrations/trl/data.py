@@ -85,6 +85,11 @@ def _load_one(file: str, prompt_key: str, image_key: str, on_bad_image: str) -> 
             f"data.prompt_key={prompt_key!r} is not a column of {file} (columns: {dataset.column_names}); "
             "set data.prompt_key to the prompt column"
         )
+    if "answer" not in dataset.column_names and "reward_model" not in dataset.column_names:
+        raise ValueError(
+            f"{file} has no 'answer' column (nor verl's reward_model.ground_truth); columns: {dataset.column_names}; "
+            "add the verifiable final answer of every row as an 'answer' column"
+        )
     problems = answer_problems(_answer(row) for row in dataset.select_columns(
         [c for c in ("answer", "reward_model") if c in dataset.column_names]))
     if problems:

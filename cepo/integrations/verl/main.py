@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 
@@ -140,7 +140,7 @@ def preflight(argv: list[str], directory: Path) -> DictConfig | None:
         from hydra._internal.utils import get_args_parser
     except ImportError:  # a Hydra without this parser: validation still runs in run(), before training
         return None
-    args = get_args_parser().parse_args(argv)  # a bad flag exits 2 with Hydra's usage line, as Hydra would
+    args = _parse_hydra_args(argv, get_args_parser())
     if args.help or args.hydra_help or args.info or args.shell_completion or args.multirun:
         return None
     if args.config_dir is not None or args.experimental_rerun is not None:
@@ -159,7 +159,18 @@ def _starts_training(argv: list[str]) -> bool:
     """Whether ``argv`` runs the job (not ``--cfg``/``--help``/...: those print and exit without Ray)."""
     from hydra._internal.utils import get_args_parser
 
-    return get_args_parser().parse_args(argv).cfg is None
+    return _parse_hydra_args(argv, get_args_parser()).cfg is None
+
+
+def _parse_hydra_args(argv: list[str], parser: Any) -> Any:
+    """``argv`` parsed by Hydra's own argument parser; a bad flag (``--cfg jobs``) is one ``ConfigError`` line
+    naming it and the choices, instead of Hydra's eight-line usage."""
+
+    def error(message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see --help)")
+
+    parser.error = error
+    return parser.parse_args(argv)
 
 
 @contextmanager
