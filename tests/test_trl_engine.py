@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cepo.algorithms import CreditInputs, compute_token_advantages, group_advantages, linear_lambda, negative_hints
+from cepo.algorithms import linear_lambda, negative_hints
 from cepo.cli import main as cli_main
 from cepo.data import to_conversational
 from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
@@ -19,7 +19,7 @@ from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
 from cepo.smoke import run_smoke
 from cepo.teacher import STUDENT_TEMPLATE, build_teacher_inputs, teacher_logprobs
-from cepo.testing import make_geo3k_like
+from cepo.testing import make_geo3k_like, reference
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -70,10 +70,10 @@ class _RecordingTrainer(CEPOTrainer):
         return super()._compute_loss(model, inputs)
 
     def _independent_advantages(self, inputs: dict[str, Any], rollouts: dict[str, Any]) -> torch.Tensor:
-        """Eq. 1 + hints + teacher log-probs via cepo.teacher's own forward (not TRL's routine)."""
+        """Eq. 1 and Eqs. 5 + 7 as the float64 loops of cepo.testing.reference, on teacher log-probs from
+        cepo.teacher's own forward (not TRL's routine); lambda by hand: 0.5 (1 - step / 25)."""
         rewards = rollouts["rewards_per_func"].sum(dim=1)
         groups = [i // self.num_generations for i in range(len(rewards))]
-        adv = group_advantages(rewards, groups)
         answers = [extract_answer(completion_text(c)) for c in rollouts["completions"]]
         neg, has_neg = negative_hints(answers, rewards, groups)
         prompts, rows = rollouts["prompts"], rollouts["inputs"]
@@ -87,9 +87,9 @@ class _RecordingTrainer(CEPOTrainer):
         logp_neg = teacher_logprobs(model, build_teacher_inputs(proc, prompts, neg_text, ids, mask, images))
         student = build_teacher_inputs(proc, prompts, [""] * len(rows), ids, mask, images, template=STUDENT_TEMPLATE)
         logp_student = teacher_logprobs(model, student)
-        lam = linear_lambda(self.state.global_step, 0.5, 25)
-        credit = CreditInputs(adv, mask, lam, 0.5, logp_student, logp_pos, logp_neg, torch.tensor(has_neg))
-        return compute_token_advantages("cepo", credit)[0]
+        lam = 0.5 * (1.0 - self.state.global_step / 25)
+        seq = reference.grpo_advantages(rewards, groups)
+        return reference.modulated_advantages(seq, mask, lam, 0.5, logp_student, logp_pos, logp_neg, has_neg).float()
 
 
 def test_advantages_reaching_trl_loss_equal_cepo_algorithms(smoke_model: Path, tmp_path: Path) -> None:

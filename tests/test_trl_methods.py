@@ -9,20 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from cepo.algorithms import (
-    CreditInputs,
-    compute_token_advantages,
-    conspo_scores,
-    demonstration_rows,
-    group_advantages,
-    sequence_advantages,
-)
+from cepo.algorithms import demonstration_rows
 from cepo.config import SDPO_TEMPLATE, CEPOConfig
 from cepo.data import to_conversational
 from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
 from cepo.integrations.trl.rewards import completion_text
 from cepo.teacher import STUDENT_TEMPLATE, build_teacher_inputs, teacher_logprobs
-from cepo.testing import make_geo3k_like
+from cepo.testing import make_geo3k_like, reference
 from cepo.testing.trl_runs import first_half_correct, tiny_run_settings
 
 
@@ -81,11 +74,8 @@ def test_self_distillation_advantages(method: str, smoke_model: Path, tmp_path: 
         calls = [c for c in trainer.teacher_calls if c["kind"] == "demo"]
         assert [c["hint"] for c in calls] == [gen["texts"][d] for d in demos if d is not None]
     assert has_teacher.any()
-    credit = CreditInputs(group_advantages(rewards, [i // 4 for i in range(len(rewards))]), out["completion_mask"], 0.0,
-                          0.5, logp_student=student, logp_pos=teacher, logp_demo=teacher, has_teacher=has_teacher,
-                          options={"distill_weight": 1.0})
-    expected, _ = compute_token_advantages(method, credit)
-    torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-5)
+    expected = reference.distillation_advantages(teacher, student, out["completion_mask"], has_teacher)
+    torch.testing.assert_close(out["advantages"], expected.float(), rtol=1e-4, atol=1e-5)
     assert bool((out["advantages"] != 0).any())
 
 
@@ -96,12 +86,13 @@ def test_conspo_advantages(smoke_model: Path, tmp_path: Path) -> None:
     out, rewards = gen["output"], gen["rewards"]
     mask = out["completion_mask"]
     student = _score(trainer, gen, [""] * len(rewards), STUDENT_TEMPLATE)
-    options = CEPOConfig().credit_options(progress=0.0)
-    assert options["margin"] == 0.0  # the margin curriculum starts at 0
-    adv = sequence_advantages("conspo", rewards, [i // 4 for i in range(len(rewards))],
-                              scores=conspo_scores(student, mask), options=options)
-    expected, _ = compute_token_advantages("conspo", CreditInputs(adv, mask, 0.0, 0.5, num_tokens=int(mask.sum())))
-    torch.testing.assert_close(out["advantages"], expected, rtol=1e-3, atol=1e-4)
+    # float64 reference: the paper's tau = 10 and margin 0 (the curriculum's start), -dL/ds by autograd of the
+    # written-out Eq. 13, spread as A_i N / |o_i| over the batch's N response tokens
+    scores = reference.mean_logprob_scores(student, mask)
+    seq = reference.conspo_sequence_advantages(scores, rewards, [i // 4 for i in range(len(rewards))], tau=10.0,
+                                               margin=0.0)
+    expected = reference.conspo_token_advantages(seq, mask)
+    torch.testing.assert_close(out["advantages"], expected.float(), rtol=1e-3, atol=1e-4)
     assert bool((out["advantages"] != 0).any())
 
 
