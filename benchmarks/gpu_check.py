@@ -38,6 +38,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -256,7 +257,7 @@ def run_trl_stage(ns: argparse.Namespace, deadline: float) -> dict[str, Any]:
                 model = build_model(ns.size, tokenizer, ns.device, dtype).train()
                 stage["parameters"] = sum(p.numel() for p in model.parameters())
                 settings = trainer_settings(method, ns.prompts, ns.group, ns.response_tokens, ns.micro_batch, rounds,
-                                            ns.device, dtype, Path(ns.out) / "trainer")
+                                            ns.device, dtype, Path(tempfile.gettempdir()) / "cepo-gpu-check")
                 if ns.generation == "hf":
                     settings["generation_kwargs"] = {"min_new_tokens": ns.response_tokens}
                 timer = PhaseTimer()

@@ -1,6 +1,6 @@
 """``benchmarks/gpu_check.py``, the GPU check, on CPU: the whole command at the tiny size (both stages, JSON and
 Markdown), its trainer settings against ``cepo train``'s own mapping of the method YAMLs, the Qwen3-VL-2B
-configuration and prompt lengths, and its refusals."""
+configuration and prompt lengths, a spent time budget, and its refusals."""
 
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ def test_gpu_check_runs_on_cpu_at_the_tiny_size(tmp_path: Path) -> None:
     assert list(config["methods"]) == ["grpo", "rlsd", "cepo"]
     assert config["config"]["length"] == settings["overhead_lengths"][0]
     assert (out / entry["file"]).is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md", "overhead_S.json"]
 
     # the Markdown tables hold the JSON's numbers, one row per run
     assert payload["machine"]["cpu"] in markdown and f"torch {torch.__version__}" in markdown
@@ -175,3 +176,14 @@ def test_bad_settings_are_one_line_and_exit_2(gpu_check: Any, tmp_path: Path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_a_spent_budget_is_recorded_per_run_and_the_check_still_reports(gpu_check: Any, tmp_path: Path) -> None:
+    assert gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--size", "tiny", "--budget-s", "1"]) == 0
+    payload = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {m: r["status"] for m, r in payload["trl"]["methods"].items()} == {"grpo": "timeout", "cepo": "timeout"}
+    assert payload["trl"]["ratios"] == {}
+    assert [(e["size"], e["status"]) for e in payload["overhead"]] == [("S", "skipped")]
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    assert [row[:2] for row in _table(markdown, "| method | status |")] == [["grpo", "timeout"], ["cepo", "timeout"]]
+    assert [(row[0], row[4]) for row in _table(markdown, "| size | parameters |")] == [("S", "skipped")]
