@@ -97,17 +97,33 @@ def test_teacher_batch_goes_through_verl_no_padding_conversion(vl_processor, geo
     assert fields["response_mask"].numel() == fields["responses"].numel() == int(mask[0].sum())
 
 
-def test_rope_positions_match_the_model(vl_model, vl_processor, geo_rows):
+@pytest.mark.parametrize("include_image", [True, False])
+def test_rope_positions_match_verls_agent_loop(vl_processor, geo_rows, include_image):
+    """A teacher row's (4, L) positions are the ones verl's agent loop computes for that sequence
+    (AgentLoopWorker._compute_position_ids: text positions on row 0, M-RoPE rows 1-3 from the processor's bound
+    get_rope_index, its own mm_token_type_ids from the image token), given the processor's own image inputs."""
+    from types import SimpleNamespace
+
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
     messages, images, _ = geo_rows
     resp, _ = _responses()
     row = build_teacher_row(vl_processor, messages[0], "12", resp[0], _student_mm(vl_processor, messages, images)[0],
-                            rope_index_fn=vl_processor.get_rope_index)
+                            include_image=include_image, rope_index_fn=vl_processor.get_rope_index)
     ids = row.input_ids.unsqueeze(0)
-    pos, _ = vl_model.model.get_rope_index(ids, mm_token_type_ids=(ids == vl_processor.image_token_id).long(),
-                                          image_grid_thw=row.multi_modal_inputs["image_grid_thw"],
-                                          attention_mask=torch.ones_like(ids))
-    assert torch.equal(row.position_ids[1:], pos[:, 0])
-    assert torch.equal(row.position_ids[0], torch.arange(ids.shape[1]))
+    text = vl_processor.apply_chat_template(messages[0], add_generation_prompt=True, tokenize=False)
+    processed = vl_processor(text=[text], images=images[0], return_tensors="pt")  # what the agent loop holds
+    mm_inputs = {"mm_token_type_ids": processed["mm_token_type_ids"]}
+    if include_image:
+        mm_inputs["image_grid_thw"] = processed["image_grid_thw"]
+    worker = SimpleNamespace(processor=vl_processor)  # the method reads only self.processor
+    verl_positions = AgentLoopWorker._compute_position_ids(worker, ids, torch.ones_like(ids), mm_inputs)
+    assert verl_positions.shape == (1, 4, ids.shape[1])
+    assert torch.equal(row.position_ids, verl_positions[0])
+    image_tokens = int((ids == vl_processor.image_token_id).sum())
+    assert (image_tokens > 0) == include_image
+    if include_image:  # M-RoPE: the image's positions are not the text's arange
+        assert not torch.equal(row.position_ids[1], row.position_ids[0])
 
 
 def test_text_only_tokenizer_gives_1d_positions(geo_rows):
