@@ -39,7 +39,6 @@ from cepo.algorithms.divergence import (
 from cepo.algorithms.ema import ema_update_
 from cepo.algorithms.evidence import contrastive_delta, evidence_weights, modulate_advantages, rlsd_delta
 from cepo.algorithms.metrics import credit_metrics
-from cepo.algorithms.policy_loss import ppo_clip_loss
 from cepo.algorithms.references import (
     NEGATIVE_REFERENCES,
     demonstration_rows,
@@ -80,7 +79,6 @@ __all__ = [
     "modulate_advantages",
     "negative_hints",
     "plan_teacher_passes",
-    "ppo_clip_loss",
     "register_method",
     "renormalize",
     "rlsd_delta",
