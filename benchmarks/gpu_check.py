@@ -350,6 +350,10 @@ OVERHEAD_COLUMNS = ("size", "parameters", "response", "method", "status", "round
                     "teacher forward s", "vs GRPO step", "vs GRPO peak", "peak GiB")
 
 
+GENERATION_NOTE = {"skip": "skipped (both methods train on the same replayed completions; the real job generates "
+                            "with vLLM)", "hf": "HF generate, forced to the full length"}
+
+
 def _number(value: Any, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -429,7 +433,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"LoRA r{trl['lora']['rank']}/alpha {trl['lora']['alpha']}; "
         f"prompts of {min(lengths)}-{max(lengths)} tokens (image {ns['image_size']}px), responses of "
         f"{trl['response_tokens']} tokens, G = {trl['group']}, {trl['rows_per_round']} sequences per rollout batch "
-        f"in micro-batches of {trl['micro_batch']}; generation: {trl['generation']}. Seconds per rollout batch "
+        f"in micro-batches of {trl['micro_batch']}; the offline Qwen-style tokenizer; generation: "
+        f"{GENERATION_NOTE[trl['generation']]}. Seconds per rollout batch "
         f"(mean of {trl['rounds_timed']} after a warm-up one); peak: "
         f"{'CUDA max_memory_allocated' if payload['machine'].get('gpu') else 'process RSS'}.", "",
         *_table(TRL_COLUMNS, trl_rows(trl)), "",
