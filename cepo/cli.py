@@ -47,6 +47,19 @@ def _smoke_verl(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _smoke_base_model(path: str | None) -> str | None:
+    """``--base-model``: a folder that is reused when it holds a warm-started model, else must be writable."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from cepo.output_paths import check_output_dir
+
+    if not (Path(path).expanduser() / "config.json").is_file():
+        check_output_dir(path, "--base-model")
+    return str(Path(path).expanduser())
+
+
 def _smoke(ns: argparse.Namespace) -> int:
     if getattr(ns, "engine", "trl") == "verl":
         return _smoke_verl(ns)
@@ -61,6 +74,7 @@ def _smoke(ns: argparse.Namespace) -> int:
         use_lora=not ns.no_lora,
         resume=ns.resume,
         overwrite=ns.overwrite,
+        model_dir=_smoke_base_model(ns.base_model),
         option_names=OptionNames(
             resume="--resume",
             overwrite="--overwrite",
@@ -98,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA r16/a32")
     smoke.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     smoke.add_argument("--overwrite", action="store_true", help="delete the checkpoints already in --output-dir")
+    smoke.add_argument("--base-model", metavar="DIR",
+                       help="the warm-started tiny model: reused when DIR holds one, else built and saved there "
+                            "(default <output-dir>/base-model); give every method the same DIR to warm-start once")
     smoke.add_argument("--engine", choices=["trl", "verl"], default="trl",
                        help="trl (default): CPU; verl: the verl main job with vLLM on one GPU (2 steps, a "
                             "checkpoint, a resume; needs CUDA and vLLM)")

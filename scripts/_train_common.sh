@@ -5,6 +5,26 @@
 # (the validation parquet files in DATA_DIR, space-separated, default "test"), EXPERIMENT (run name); extra Hydra
 # overrides come from "$@".
 set -euo pipefail
+for arg in "$@"; do
+  if [[ "$arg" == "--help" || "$arg" == "-h" ]]; then
+    cat <<EOF
+usage: [NGPUS=8] [NNODES=1] [MODEL_PATH=...] [DATASET=geo3k|math] [DATA_DIR=...] [VAL_SPLITS=test] [EXPERIMENT=name]
+       bash scripts/train_<method>_<model>.sh [Hydra overrides key=value ...]
+Trains configs/${CONFIG:-<method>}.yaml on verl (python -m cepo.integrations.verl.main --config-name ${CONFIG:-<method>})
+with the model, data and GPU count from the environment:
+  NGPUS       GPUs on this node (now: ${NGPUS:-8})
+  NNODES      nodes (now: ${NNODES:-1})
+  MODEL_PATH  hub id or local checkpoint (now: ${MODEL_PATH:-Qwen/Qwen3-VL-2B-Instruct})
+  DATASET     geo3k or math; DATA_DIR holds the output of scripts/prepare_<DATASET>.py (now: ${DATASET:-geo3k})
+  DATA_DIR    folder with train.parquet and the validation splits (now: ${DATA_DIR:-\$HOME/data/${DATASET:-geo3k}})
+  VAL_SPLITS  validation parquet names in DATA_DIR, space-separated (now: ${VAL_SPLITS:-test})
+  EXPERIMENT  run name, trainer.experiment_name
+e.g. NGPUS=8 bash scripts/train_cepo_qwen3vl_2b.sh cepo.lam0=0.3 trainer.logger='[console,wandb]'
+Check the node first with: cepo doctor. Docs: docs/verl.md, docs/cluster.md.
+EOF
+    exit 0
+  fi
+done
 : "${CONFIG:?set CONFIG to a method YAML name: grpo, rlsd, cepo, ..., or text/cepo, ...}"
 NGPUS="${NGPUS:-8}"
 NNODES="${NNODES:-1}"

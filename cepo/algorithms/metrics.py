@@ -55,3 +55,16 @@ def credit_metrics(
         "adv_abs_mean_before": float(adv[mask].abs().mean()) if n_tokens else 0.0,
         "adv_abs_mean_after": float(modulated[mask].abs().mean()) if n_tokens else 0.0,
     }
+
+
+LAMBDA_METRIC = "cepo/lambda"
+
+
+def logged_metrics(method: str, metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` without the ones ``method`` does not have: λ (``cepo/lambda``) only for the methods it modulates
+    (``MethodSpec.lambda_gated``: RLSD, CEPO), so GRPO, OPSD, SDPO and ConSPO neither print nor plot a λ."""
+    from cepo.algorithms.credit import get_method
+
+    if get_method(method).lambda_gated:
+        return metrics
+    return {k: v for k, v in metrics.items() if k != LAMBDA_METRIC}

@@ -40,6 +40,9 @@ PANELS: dict[str, tuple[str, str, list[tuple[str, tuple[str, ...]]]]] = {
     "teacher": ("Teacher time", "seconds per step", [("teacher", ("cepo/teacher_seconds", "cepo/teacher_time_s"))]),
 }
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One marker per run, in order."""
+
 _CONSOLE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
 _WRAPPED = re.compile(r"[A-Za-z_][\w.]*\((.*)\)")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf", re.IGNORECASE)
@@ -206,6 +209,7 @@ def plot_runs(
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, name in zip(axes.flat, drawn, strict=False):
         panel_title, ylabel, series = PANELS[name]
+        seen: dict[tuple[tuple[int, ...], tuple[float, ...]], str] = {}
         for r, run in enumerate(runs):
             colour = colours[r % len(colours)]
             for s, (series_name, keys) in enumerate(series):
@@ -216,8 +220,13 @@ def plot_runs(
                 if not xs:
                     continue
                 label = run.label if len(series) == 1 else f"{run.label}: {series_name}"
-                ax.plot(xs, ys, color=colour, linestyle="-" if s == 0 else "--", marker="o" if len(xs) < 30 else None,
-                        markersize=3, label=label)
+                same = seen.setdefault((tuple(xs), tuple(ys)), label)
+                if same != label:  # drawn over an identical curve: say so, and keep both visible (markers below)
+                    label += f" (= {same})"
+                # each run its own marker, earlier runs' larger, so a run drawn over an identical one stays visible
+                ax.plot(xs, ys, color=colour, linestyle="-" if s == 0 else "--", marker=MARKERS[r % len(MARKERS)],
+                        markersize=3 + 2 * (len(runs) - 1 - r), markevery=max(1, len(xs) // 25),
+                        markerfacecolor="none", label=label)
         ax.set_title(panel_title)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

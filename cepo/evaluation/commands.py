@@ -50,9 +50,9 @@ def _eval(ns: argparse.Namespace) -> int:
 
             if ns.benchmarks:
                 raise ValueError("--benchmarks and --local exclude each other (--local evaluates the given file)")
-            out_dir = ns.output_dir or str(Path("eval") / f"local-{Path(ns.local).stem}")
             result, path = evaluate_local(
-                ns.model, ns.local, out_dir, sampling, base=ns.base, backend=ns.backend or "auto", name=ns.name,
+                ns.model, ns.local, ns.output_dir, sampling, overwrite=ns.overwrite, base=ns.base,
+                backend=ns.backend or "auto", name=ns.name,
                 label=ns.label, limit=ns.limit, batch_size=ns.batch_size or 8, seed=ns.seed, device=ns.device,
             )
         else:
@@ -101,14 +101,16 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--backend", help=f"lmms-eval: {', '.join(BACKENDS)} (default vllm); --local: hf or vllm "
                                      "(default: vllm when installed with a GPU, else hf)")
     p.add_argument("--lmms-eval-python", help=f"python of the lmms-eval virtualenv (default ${PYTHON_ENV})")
-    p.add_argument("--output-dir", help="default <run>/eval for a TRL run's model, else eval/<model name>")
+    p.add_argument("--output-dir", help="default <run>/eval for a TRL run's model, else eval/<model name> (--local: "
+                                        "their local-<data name>/ subfolder)")
     p.add_argument("--label", help="row label in cepo report (default: the run's method, or Base)")
     p.add_argument("--batch-size", type=int, help="lmms-eval --batch_size (default 64); --local: default 8")
     p.add_argument("--limit", type=int, help="only the first N questions of each benchmark (for a quick check)")
     p.add_argument("--model-args", help="extra lmms-eval --model_args, e.g. tensor_parallel_size=2,"
                                         "gpu_memory_utilization=0.9")
     p.add_argument("--dry-run", action="store_true", help="print the lmms-eval commands and exit")
-    p.add_argument("--overwrite", action="store_true", help="run benchmarks again whose results are already there")
+    p.add_argument("--overwrite", action="store_true", help="run benchmarks again whose results are already there "
+                                                            "(--local: replace the results in the output folder)")
     local = p.add_argument_group("local evaluation")
     local.add_argument("--local", metavar="DATA", help="a .parquet/.json/.jsonl/.arrow file with problem (or "
                                                        "prompt), optional image(s) and answer")

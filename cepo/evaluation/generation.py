@@ -108,8 +108,10 @@ def hf_generate(
     seed: int | None = 0,
     batch_size: int = 8,
     warn: Any = None,
+    progress: bool = False,
 ) -> list[Generated]:
-    """Sample one response per conversation with ``model.generate`` and the chain of :func:`sampling_processors`.
+    """Sample one response per conversation with ``model.generate`` and the chain of :func:`sampling_processors`;
+    ``progress`` shows a progress bar (responses done) on stderr.
 
     ``context`` (the model's maximum length) caps the new tokens per batch at ``context - prompt width``, with one
     warning through ``warn`` (default: a line on stderr)."""
@@ -124,6 +126,9 @@ def hf_generate(
         torch.manual_seed(seed)
     out: list[Generated] = []
     warned = False
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(conversations), desc="generating", unit="response", disable=not progress, file=sys.stderr)
     for start in range(0, len(conversations), max(1, batch_size)):
         stop = min(len(conversations), start + max(1, batch_size))
         batch = encode_prompts(processing_class, conversations[start:stop],
@@ -154,6 +159,8 @@ def hf_generate(
             cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             tokens = row[:cut]
             out.append(Generated(tokens, tokenizer.decode(tokens, skip_special_tokens=True)))
+        bar.update(stop - start)
+    bar.close()
     return out
 
 

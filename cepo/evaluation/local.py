@@ -147,12 +147,30 @@ def _load_examples(path: str | Path, limit: int | None) -> list[Example]:
     return examples
 
 
+def local_output_dir(source: Any, data: str | Path, output_dir: str | Path | None, overwrite: bool) -> Path:
+    """Where ``cepo eval --local`` writes (see :func:`evaluate_local`); ``ValueError`` for an unwritable folder or
+    one holding results already, without ``overwrite``."""
+    from cepo.evaluation.runner import default_output_dir
+    from cepo.output_paths import check_output_dir
+
+    if output_dir is None:
+        out_dir = default_output_dir(source) / f"local-{Path(str(data)).stem}"
+    else:
+        out_dir = check_output_dir(output_dir, "--output-dir")
+    check_output_dir(out_dir, "--output-dir")
+    if (out_dir / "eval.json").is_file() and not overwrite:
+        raise ValueError(f"{out_dir} already holds results (eval.json); replace them with --overwrite, or write "
+                         "elsewhere with --output-dir <dir>")
+    return out_dir
+
+
 def evaluate_local(
     model: str,
     data: str | Path,
-    output_dir: str | Path,
+    output_dir: str | Path | None,
     sampling: SamplingSettings,
     *,
+    overwrite: bool = False,
     base: str | None = None,
     backend: str = "auto",
     name: str | None = None,
@@ -165,7 +183,10 @@ def evaluate_local(
     format_weight: float = 0.1,
     echo: Callable[[str], None] | None = None,
 ) -> tuple[EvalResult, Path]:
-    """Generate one response per row, grade it, and write ``eval.json`` + ``samples.jsonl`` to ``output_dir``.
+    """Generate one response per row, grade it, and write ``eval.json`` + ``samples.jsonl`` to ``output_dir``
+    (``None``: ``local-<data file stem>/`` in the model's default evaluation folder, ``<run>/eval`` for a TRL run's
+    model, else ``eval/<model name>``; ``cepo.evaluation.runner.default_output_dir``). Results already there are
+    replaced only with ``overwrite``; the folder is checked before the model loads.
 
     ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when it is installed and a GPU is present, else HF). Returns the
     result and the path of ``eval.json``.
@@ -184,14 +205,15 @@ def evaluate_local(
         raise ValueError("--backend vllm needs vLLM installed and a CUDA device; use --backend hf")
     chosen = ("vllm" if vllm_available() else "hf") if backend == "auto" else backend
     source = resolve_model(model, base)
+    out_dir = local_output_dir(source, data, output_dir, overwrite)
     examples = load_examples(data, limit)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tic = time.perf_counter()
-    out_dir = Path(output_dir)
     if chosen == "hf":
         lm, processing_class = load_model(source, device=device)
         generated = hf_generate(lm, processing_class, [e.messages for e in examples], [e.images for e in examples],
-                                sampling, context=context_length(lm), seed=seed, batch_size=batch_size, warn=say)
+                                sampling, context=context_length(lm), seed=seed, batch_size=batch_size, warn=say,
+                                progress=echo is None)
     else:
         from cepo.evaluation.models import load_processing_class
 

@@ -26,6 +26,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from cepo.algorithms.metrics import logged_metrics
 from cepo.integrations.trl.checkpoints import (
     STAGING_PREFIX,
     checkpoint_problems,
@@ -84,9 +85,11 @@ LORA_TARGETS = (
 class MetricsFileCallback(TrainerCallback):
     """Appends one JSON row per logged step and prints a compact metrics line."""
 
-    def __init__(self, path: Path, echo: bool = True) -> None:
+    def __init__(self, path: Path, echo: bool = True, method: str | None = None) -> None:
         self.path = Path(path)
         self.echo = echo
+        self.method = method
+        """The run's method: metrics it does not have (λ for GRPO, OPSD, SDPO, ConSPO) are left out."""
         self._last = time.perf_counter()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -105,6 +108,8 @@ class MetricsFileCallback(TrainerCallback):
         if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
         now = time.perf_counter()
+        if self.method is not None:
+            logs = logged_metrics(self.method, logs)
         row = {"step": state.global_step, "wall_seconds": round(now - self._last, 4), **logs}
         self._last = now
         with self.path.open("a") as handle:
@@ -293,7 +298,7 @@ def train(
         train_dataset=train_dataset,
         processing_class=processing_class,
         peft_config=peft_config,
-        callbacks=[MetricsFileCallback(run_dir / "metrics.jsonl", echo=echo)],
+        callbacks=[MetricsFileCallback(run_dir / "metrics.jsonl", echo=echo, method=args.cepo_method)],
     )
     if echo and trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback)

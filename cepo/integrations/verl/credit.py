@@ -23,6 +23,7 @@ from cepo.algorithms import (
     sequence_advantages,
     teacher_passes,
 )
+from cepo.algorithms.metrics import logged_metrics
 from cepo.config import CEPOConfig
 
 POS_KEY = "teacher_pos_log_probs"
@@ -87,7 +88,7 @@ def apply_token_credit(
     if teacher_seconds is not None:
         metrics["cepo/teacher_time_s"] = float(teacher_seconds)
     if not kinds and spec.sequence_advantage == "grpo":
-        return metrics  # GRPO: verl's own advantages stay
+        return logged_metrics(cepo.method, metrics)  # GRPO: verl's own advantages stay
     batch = data.batch
     needed = ["advantages", "response_mask", "old_log_probs", *(KIND_KEYS[k] for k in kinds)]
     if spec.sequence_advantage == "conspo":
@@ -132,4 +133,4 @@ def apply_token_credit(
     batch["advantages"] = token_adv
     batch["returns"] = token_adv.clone()
     metrics.update({f"cepo/{k}": float(v) for k, v in credit.items()})
-    return metrics
+    return logged_metrics(cepo.method, metrics)

@@ -38,6 +38,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from cepo.algorithms import get_method, group_advantages, plan_teacher_passes, teacher_passes
+from cepo.algorithms.metrics import logged_metrics
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
     HAS_NEG_KEY,
@@ -235,7 +236,7 @@ class CEPOTrainerSync(PPOTrainerSync):
         step = self._cepo_step()
         spec = get_method(self.cepo.method)
         if not kinds and spec.sequence_advantage == "grpo":
-            metrics["cepo/lambda"] = float(self.cepo.schedule(step))
+            metrics.update(logged_metrics(self.cepo.method, {"cepo/lambda": float(self.cepo.schedule(step))}))
             return batch
         fields = ["advantages", "returns", "response_mask", "old_log_probs", *(KIND_KEYS[k] for k in kinds)]
         flags = [HAS_NEG_KEY, HAS_TEACHER_KEY] if kinds else []
