@@ -1,4 +1,6 @@
-"""``cepo smoke``: a complete CEPO run on CPU with the offline tiny Qwen3-VL and Geo3k-shaped data.
+"""``cepo smoke``: a complete CEPO run on CPU with the offline tiny Qwen3-VL and Geo3k-shaped data, or with
+``--text`` the tiny Qwen3 text LM and small arithmetic problems (the text recipe's path: no image, Qwen3's
+thinking switch off as in ``configs/text/math_base.yaml``).
 
 It exercises the whole single-machine path — image inputs, generation, the verifier, r-
 selection, the two teacher passes with the image in context, the (B, T) advantages in TRL's
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 SMOKE_PROMPTS = 32
 SMOKE_WARM_START_STEPS = 150
+TEXT_CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+"""The text smoke renders its prompts as ``configs/text/math_base.yaml`` does (Qwen3's thinking switch off)."""
 
 
 @dataclass
@@ -33,15 +37,28 @@ def _is_prepared(model_dir: Path) -> bool:
     return (model_dir / "config.json").is_file() and any(model_dir.glob("*.safetensors"))
 
 
-def prepare_smoke_model(model_dir: Path, seed: int = 0, echo: bool = False) -> Path:
-    """Build, warm-start and save the tiny Qwen3-VL once (reused when ``model_dir`` holds it).
+def smoke_dataset(text: bool = False, seed: int = 0) -> Any:
+    """The smoke run's prompts in TRL's conversational layout: Geo3k-like figures, or (``text``) arithmetic
+    problems with integer answers (``cepo.testing.math_data``)."""
+    if text:
+        from cepo.testing.math_data import make_math_like
+
+        return make_math_like(SMOKE_PROMPTS, seed=seed)
+    from cepo.data import to_conversational
+    from cepo.testing import make_geo3k_like
+
+    return to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed))
+
+
+def prepare_smoke_model(model_dir: Path, seed: int = 0, echo: bool = False, text: bool = False) -> Path:
+    """Build, warm-start and save the tiny Qwen3-VL (``text``: the tiny Qwen3 text LM and its tokenizer) once
+    (reused when ``model_dir`` holds it).
 
     The warm start is most of a first smoke run's time; ``echo`` announces it and shows a progress bar. The
     model is saved to a temporary directory and renamed into ``model_dir``, so an interrupted warm start
     never leaves a half-saved model that a later run would reuse.
     """
-    from cepo.data import to_conversational
-    from cepo.testing import build_qwen_tokenizer, build_tiny_processor, build_tiny_qwen3vl, make_geo3k_like
+    from cepo.testing import build_qwen_tokenizer, build_tiny_processor, build_tiny_qwen3vl, build_tiny_text_lm
     from cepo.testing.warm_start import warm_start
 
     model_dir = Path(model_dir)
@@ -55,10 +72,14 @@ def prepare_smoke_model(model_dir: Path, seed: int = 0, echo: bool = False) -> P
         )
     tic = time.perf_counter()
     tokenizer = build_qwen_tokenizer()
-    processor = build_tiny_processor(tokenizer)
-    model = build_tiny_qwen3vl(tokenizer, seed=seed)
-    warm_start(model, processor, to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed)),
-               steps=SMOKE_WARM_START_STEPS, seed=seed, progress=echo)
+    if text:
+        processor: Any = tokenizer
+        model = build_tiny_text_lm(tokenizer, seed=seed)
+    else:
+        processor = build_tiny_processor(tokenizer)
+        model = build_tiny_qwen3vl(tokenizer, seed=seed)
+    warm_start(model, processor, smoke_dataset(text, seed), steps=SMOKE_WARM_START_STEPS, seed=seed, progress=echo,
+               chat_template_kwargs=TEXT_CHAT_TEMPLATE_KWARGS if text else None)
     staged = model_dir.with_name(f"{model_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     model.save_pretrained(staged)
@@ -81,19 +102,19 @@ def run_smoke(
     model_dir: str | Path | None = None,
     overwrite: bool = False,
     option_names: Any = None,
+    text: bool = False,
     **overrides: Any,
 ) -> SmokeResult:
     """Run ``steps`` optimizer steps of ``method`` and return the run directory.
 
     ``overrides`` are extra ``CEPOGRPOConfig`` fields (e.g. ``cepo_eps_w=0.2``). ``model_dir`` reuses a
-    prepared tiny model (default: ``<output_dir>/base-model``, built on first use). ``option_names``
+    prepared tiny model (default: ``<output_dir>/base-model``, or ``base-model-text`` with ``text``, built on
+    first use). ``text`` runs the tiny text LM on arithmetic problems (module docstring). ``option_names``
     (``cepo.integrations.trl.run.OptionNames``) spells resume/overwrite/... in error messages (the CLI passes
     its flags). A Ctrl-C raises ``cepo.integrations.trl.run.TrainingInterrupted``.
     """
-    from cepo.data import to_conversational
     from cepo.integrations.trl.config import CEPOGRPOConfig
     from cepo.integrations.trl.run import OptionNames, check_run_dir, lora_config, train
-    from cepo.testing import make_geo3k_like
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -122,14 +143,19 @@ def run_smoke(
         "temperature": 1.0,
         "cepo_method": method,
         "disable_tqdm": not echo,
+        "chat_template_kwargs": dict(TEXT_CHAT_TEMPLATE_KWARGS) if text else None,
     }
     settings.update(overrides)
     args = CEPOGRPOConfig(**settings)
     checkpoint = check_run_dir(args, True if resume else None, overwrite, names)  # before the warm start
-    model_dir = prepare_smoke_model(Path(model_dir) if model_dir else run_dir / "base-model", seed=seed, echo=echo)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    dataset = to_conversational(make_geo3k_like(SMOKE_PROMPTS, seed=seed))
+    default_dir = run_dir / ("base-model-text" if text else "base-model")
+    model_dir = prepare_smoke_model(Path(model_dir) if model_dir else default_dir, seed=seed, echo=echo, text=text)
+    if text:
+        processor, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    else:
+        processor = AutoProcessor.from_pretrained(model_dir)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    dataset = smoke_dataset(text, seed)
     trainer = train(
         model,
         processor,

@@ -1,0 +1,69 @@
+"""``cepo smoke --text``: the CPU run on the tiny Qwen3 text LM with arithmetic problems, every method.
+
+The default run checks CEPO through the command line; the other methods are slow (one warm-started model is shared
+by the module, so each costs only its own few steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cepo.algorithms import METHODS
+
+
+@pytest.fixture(scope="module")
+def text_smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cepo.smoke import prepare_smoke_model
+
+    return prepare_smoke_model(tmp_path_factory.mktemp("text_smoke") / "base-model-text", text=True)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_cli_text_smoke_runs_cepo_with_its_teacher_passes(tmp_path, text_smoke_model, capsys, monkeypatch):
+    import cepo.smoke
+    from cepo.cli import main
+
+    captured = {}
+    run_smoke = cepo.smoke.run_smoke
+
+    def spy(**kwargs):  # the CLI's call, with the module's warm-started text model
+        captured["result"] = run_smoke(**{**kwargs, "model_dir": text_smoke_model})
+        return captured["result"]
+
+    monkeypatch.setattr(cepo.smoke, "run_smoke", spy)
+    out = tmp_path / "run"
+    assert main(["smoke", "--text", "--steps", "2", "--output-dir", str(out)]) == 0
+    assert "smoke run finished" in capsys.readouterr().out
+    trainer = captured["result"].trainer
+    assert trainer.chat_template_kwargs == {"enable_thinking": False}  # the text recipe's thinking switch
+    assert type(trainer.model.get_base_model()).__name__ == "Qwen3ForCausalLM"  # LoRA on the text LM
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["reward"] <= 1.0 for r in rows) and any(r["reward_std"] > 0 for r in rows)
+    assert all(r["cepo/teacher_seconds"] > 0 for r in rows)  # the r+ / r- teacher passes ran on text prompts
+    assert (out / "final").is_dir()
+
+
+def test_text_smoke_refuses_the_verl_engine(capsys):
+    from cepo.cli import main
+
+    assert main(["smoke", "--text", "--engine", "verl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--text runs on the TRL engine" in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"cepo"}))
+def test_text_smoke_every_method(tmp_path, text_smoke_model, method):
+    from cepo.smoke import run_smoke
+
+    result = run_smoke(output_dir=tmp_path / method, method=method, steps=2, echo=False, model_dir=text_smoke_model,
+                       text=True)
+    rows = _rows(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(0.0 <= r["reward"] <= 1.0 for r in rows)
+    assert result.trainer.chat_template_kwargs == {"enable_thinking": False}
