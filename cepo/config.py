@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cepo.algorithms import CREDIT_REGISTRY, DISTILL_MODES, METHODS, NEGATIVE_REFERENCES, LambdaSchedule, get_method
+from cepo.algorithms.divergence import SUPPORTS
 from cepo.algorithms.schedules import SCHEDULES
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template
 
@@ -51,8 +52,9 @@ SDPO_TEMPLATE = "{{ prompt }}\nCorrect solution:\n\n{{ hint }}\n\nCorrectly solv
 """SDPO's reprompt (baselines.md §4a): the student prompt, a successful peer rollout, the instruction to solve."""
 
 
-DISTILL_TEACHERS = ("live", "ema")
-"""``cepo.distill.teacher``: the live actor, or an EMA of its LoRA adapter (TRL only)."""
+DISTILL_TEACHERS = ("live", "fixed", "ema")
+"""``cepo.distill.teacher``: the live actor, the initial policy (LoRA with the adapter disabled), or an EMA of the
+LoRA adapter (``fixed`` and ``ema``: TRL only)."""
 
 
 @dataclass
@@ -68,12 +70,16 @@ class DistillConfig:
     """Jinja template of SDPO's teacher turn, with ``{{ prompt }}`` and ``{{ hint }}`` (the demonstration)."""
     mode: str = "sampled_token"
     """``sampled_token`` (both engines): the per-token advantage ``sg(log P_T - log P_S)`` in the unchanged PG loss
-    (SDPO's TRL default, OPSD's tinker loss). ``topk`` (TRL only): the divergence on the teacher's top-k support,
-    scored in the teacher pass, mixed as ``(1 - weight) PG + weight distill`` (OPSD ``--top_k_loss``; SDPO's fork
-    takes the student's top-k, TRL's SDPO teacher server the teacher's). No full-vocabulary mode: carrying (B, T, V)
-    teacher distributions is infeasible for real vocabularies (Qwen3-VL: 151k)."""
+    (SDPO's TRL default, OPSD's tinker loss). ``topk`` (TRL only): the divergence on a top-k support (``support``),
+    mixed as ``(1 - weight) PG + weight distill`` (OPSD ``--top_k_loss``: the teacher's top-k; SDPO's fork: the
+    student's). ``full`` (TRL only): the whole-vocabulary divergence (OPSD's default), from the teacher's logits
+    of a forward in the same micro-batch, chunked over T (no (B, T, V) tensor is carried across the batch)."""
     topk: int = 100
-    """``topk`` mode: k, the teacher's most likely tokens per response token (SDPO 100; OPSD's top-k script 50)."""
+    """``topk`` mode: k, the most likely tokens per response token (SDPO 100; OPSD's top-k script 50)."""
+    support: str = "teacher"
+    """``topk`` mode: whose top-k tokens form the support: ``teacher`` (OPSD ``--top_k_loss``; scored once in the
+    teacher pass) or ``student`` (SDPO's fork: the student's current top-k, so the teacher forward runs in the same
+    micro-batch as the loss, as in ``full`` mode)."""
     alpha: float = 0.5
     """``topk`` mode: generalized JSD alpha (OPSD's beta): 0 forward KL(T||S), 1 reverse KL(S||T); 0.5 as the OPSD
     scripts and SDPO yaml."""
@@ -86,8 +92,10 @@ class DistillConfig:
     = no correction (SDPO ``distillation_is_clip`` 2.0). ``sampled_token`` goes through the PPO-clip loss, whose
     ratio already corrects for it."""
     teacher: str = "live"
-    """``live``: the teacher is the current actor. ``ema`` (TRL with LoRA only): a second LoRA adapter, initialised
-    from the trained one at the first step and updated after every optimizer step (SDPO's default teacher)."""
+    """``live``: the teacher is the current actor. ``fixed`` (TRL with LoRA only): the initial policy, i.e. the
+    model with the LoRA adapter disabled (OPSD ``--fixed_teacher``). ``ema`` (TRL with LoRA only): a second LoRA
+    adapter, initialised from the trained one at the first step and updated after every optimizer step (SDPO's
+    default teacher)."""
     ema_rate: float = 0.05
     """``ema`` teacher: ``theta_T <- (1 - rate) theta_T + rate theta`` (SDPO ``teacher_update_rate`` 0.05; OPSD's
     ``ema_decay`` 0.999 is rate 0.001)."""
@@ -239,6 +247,8 @@ class CEPOConfig:
             raise ValueError(f"cepo.distill.alpha must be in [0, 1] (0 forward KL, 1 reverse KL), got {distill.alpha}")
         if distill.is_clip is not None and not distill.is_clip > 0:
             raise ValueError(f"cepo.distill.is_clip must be > 0 or null (no correction), got {distill.is_clip!r}")
+        if distill.support not in SUPPORTS:
+            raise ValueError(f"cepo.distill.support must be one of {list(SUPPORTS)}, got {distill.support!r}")
         if distill.teacher not in DISTILL_TEACHERS:
             raise ValueError(f"cepo.distill.teacher must be one of {list(DISTILL_TEACHERS)}, got {distill.teacher!r}")
         if not 0.0 <= distill.ema_rate <= 1.0:

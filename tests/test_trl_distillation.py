@@ -19,9 +19,9 @@ from cepo.algorithms import (
     divergence_on_teacher_topk,
     group_advantages,
     importance_weight,
+    loss_teacher,
     plan_teacher_passes,
     topk_distillation_loss,
-    topk_teacher,
 )
 from cepo.config import SDPO_TEMPLATE, CEPOConfig
 from cepo.data import to_conversational
@@ -342,8 +342,8 @@ def test_topk_loss_math_and_declarations() -> None:
         importance_weight(now, old, 0.0)
     with pytest.raises(ValueError, match="is_weight has shape"):
         topk_distillation_loss(logits, teacher.values, teacher.indices, mask, 0.3, True, 8.0, is_weight=rho[:, :4])
-    assert topk_teacher("opsd", "topk") == "pos" and topk_teacher("sdpo", "topk") == "demo"
-    assert topk_teacher("cepo", "topk") is None and topk_teacher("opsd", "sampled_token") is None
+    assert loss_teacher("opsd", "topk") == "pos" and loss_teacher("sdpo", "full") == "demo"
+    assert loss_teacher("cepo", "topk") is None and loss_teacher("opsd", "sampled_token") is None
     adv = torch.tensor([1.0, -1.0])
     inputs = CreditInputs(adv, torch.ones(2, 3), 0.0, 0.5, logp_student=torch.zeros(2, 3),
                           logp_pos=torch.ones(2, 3), has_teacher=torch.ones(2, dtype=torch.bool), distill_mode="topk")
@@ -363,7 +363,7 @@ def test_bad_configs(smoke_model: Path, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=rf"^cepo\.distill\.{key}: {value} runs on the TRL engine only"):
             compose_method_config("sdpo", override)
         assert compose(configs_dir() / "sdpo.yaml", override).cepo.distill[key] == value
-    for bad, message in [({"mode": "full"}, r"cepo\.distill\.mode must be one of"),
+    for bad, message in [({"mode": "vocab"}, r"cepo\.distill\.mode must be one of"),
                          ({"topk": 0}, r"cepo\.distill\.topk must be >= 1"),
                          ({"alpha": 1.5}, r"cepo\.distill\.alpha must be in \[0, 1\]"),
                          ({"teacher": "frozen"}, r"cepo\.distill\.teacher must be one of"),

@@ -19,11 +19,11 @@ All methods here produce (B, T) token advantages for the engine's unchanged poli
   policy-gradient loss has ConSPO's gradient; it needs one update per rollout batch (no IS ratio in ConSPO).
 
 OPSD and SDPO declare a ``distill_teacher`` (the teacher context they distil towards). In ``cepo.distill.mode``
-``topk`` (TRL only) their distillation is a loss, not an advantage: the engine scores that context's top-k
-log-probs in the teacher pass (:func:`topk_teacher` says which) and adds
-:func:`cepo.algorithms.divergence.topk_distillation_loss` to its PG loss, whose advantage is then GRPO's
-(``(1 - w) PG + w distill``). A full-vocabulary mode is not offered: it would carry (B, T, V) teacher
-distributions.
+``topk`` or ``full`` (TRL only) their distillation is a loss, not an advantage (:func:`loss_teacher` names the
+context): the engine adds :func:`cepo.algorithms.divergence.topk_distillation_loss` (the teacher's top-k scored in
+the teacher pass) or :func:`cepo.algorithms.divergence.logits_distillation_loss` (the teacher's logits from a forward
+in the same micro-batch: the whole vocabulary, or the student's top-k) to its PG loss, whose advantage is then
+GRPO's (``(1 - w) PG + w distill``). Nothing of size (B, T, V) is carried across the batch.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from cepo.algorithms._checks import as_bool_mask, check_2d, check_same_shape
 from cepo.algorithms.advantages import group_advantages
 from cepo.algorithms.evidence import contrastive_delta, modulate_advantages, rlsd_delta
 from cepo.algorithms.metrics import credit_metrics
-from cepo.algorithms.references import demonstration_rows, negative_hints
+from cepo.algorithms.references import demonstration_rows, negative_hints, strip_thinking
 
 HINT_KINDS = ("pos", "neg", "demo")
-DISTILL_MODES = ("sampled_token", "topk")
+DISTILL_MODES = ("sampled_token", "topk", "full")
 """``cepo.distill.mode`` of the self-distillation methods: ``sampled_token`` (a per-token advantage in the PG loss,
-both engines) or ``topk`` (a divergence loss on the teacher's top-k support, TRL only)."""
+both engines), ``topk`` (a divergence loss on a top-k support, TRL only) or ``full`` (the whole-vocabulary divergence
+loss, TRL only)."""
 """Teacher contexts: ``pos`` = r+ (ground-truth answer), ``neg`` = r- (a wrong answer of the group), ``demo`` = a
 successful rollout of the group (SDPO's demonstration)."""
 
@@ -91,7 +92,7 @@ class MethodSpec:
     """The method's objective has no importance ratio: one optimizer step per rollout batch (ConSPO)."""
     distill_teacher: str | None = None
     """Self-distillation (OPSD ``pos``, SDPO ``demo``): the teacher context the student is distilled towards. Such a
-    method runs in either :data:`DISTILL_MODES` (``cepo.distill.mode``; :func:`topk_teacher`)."""
+    method runs in either :data:`DISTILL_MODES` (``cepo.distill.mode``; :func:`loss_teacher`)."""
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -143,14 +144,14 @@ def teacher_passes(method: str, lam: float) -> tuple[str, ...]:
     return () if spec.lambda_gated and float(lam) == 0.0 else spec.hints
 
 
-def topk_teacher(method: str, mode: str) -> str | None:
-    """The teacher context whose top-k log-probs an engine must score for ``method`` in ``cepo.distill.mode`` ``mode``
-    (it then adds :func:`cepo.algorithms.divergence.topk_distillation_loss` to the PG loss), or ``None`` when the
-    method's whole loss is the engine's PG loss with its token advantages."""
+def loss_teacher(method: str, mode: str) -> str | None:
+    """The teacher context whose distribution ``method``'s divergence loss needs in ``cepo.distill.mode`` ``mode``
+    (``topk`` / ``full``: the engine adds that loss to the PG loss), or ``None`` when the method's whole loss is the
+    engine's PG loss with its token advantages (``sampled_token``, or a method that does not distil)."""
     if mode not in DISTILL_MODES:
         raise ValueError(f"distill mode must be one of {DISTILL_MODES}, got {mode!r}")
     spec = get_method(method)
-    return spec.distill_teacher if mode == "topk" else None
+    return spec.distill_teacher if mode != "sampled_token" else None
 
 
 # -- the plan: which teacher rows a batch needs ------------------------------------------------------------------
@@ -188,10 +189,10 @@ def plan_teacher_passes(
         advantages: (N,) sequence advantages of the whole batch (rows with A = 0 are skipped where declared).
         scores: (N,) rewards (NaN = unscorable); group_ids: N group ids.
         ground_truths: per row in ``rows``, the r+ text; answers: (N) extracted final answers (r- candidates);
-        texts: (N) response texts (SDPO demonstrations).
+        texts: (N) response texts (SDPO demonstrations, shown without their ``<think>`` blocks).
         neg_threshold, require_answer, negative_reference: the r- rule (``cepo.algorithms.negative_hints``).
         success_threshold: reward at which a rollout is a success (SDPO demonstrations).
-        distill_mode: ``cepo.distill.mode``; in ``topk`` mode a self-distillation method reads no P_S.
+        distill_mode: ``cepo.distill.mode``; in ``topk`` / ``full`` mode a self-distillation method reads no P_S.
     """
     spec = get_method(method)
     kinds = teacher_passes(method, lam)
@@ -216,10 +217,10 @@ def plan_teacher_passes(
         if neg_hints is not None and has_negative[local]:
             jobs.append(("neg", local, str(neg_hints[row])))
         if demos is not None and demos[row] is not None:
-            jobs.append(("demo", local, texts[demos[row]]))
+            jobs.append(("demo", local, strip_thinking(texts[demos[row]])))
             has_teacher[local] = True
-    if topk_teacher(method, distill_mode) is not None:
-        student = []  # the top-k divergence loss replaces the sampled-token advantage, the only reader of P_S
+    if loss_teacher(method, distill_mode) is not None:
+        student = []  # the divergence loss replaces the sampled-token advantage, the only reader of P_S
     elif spec.student_rows == "all":
         student = list(range(len(rows)))
     elif spec.student_rows == "teacher":
@@ -267,13 +268,13 @@ def cepo_credit(inputs: CreditInputs) -> tuple[torch.Tensor, torch.Tensor | None
 def _distillation_credit(inputs: CreditInputs, method: str, teacher: torch.Tensor | None) -> tuple[torch.Tensor, None]:
     """``(1 - w) A + w sg(log P_T - log P_S)`` on rows with a teacher pass, ``(1 - w) A`` elsewhere.
 
-    In ``topk`` mode the distillation is a loss term (:func:`topk_teacher`) and the engine mixes
+    In ``topk`` / ``full`` mode the distillation is a loss term (:func:`loss_teacher`) and the engine mixes
     ``(1 - w) PG + w distill`` itself: the credit is then the PG term's advantage, GRPO's ``A``."""
     from cepo.algorithms.divergence import sampled_token_advantage
 
     if inputs.distill_mode not in DISTILL_MODES:
         raise ValueError(f"distill_mode must be one of {DISTILL_MODES}, got {inputs.distill_mode!r}")
-    if inputs.distill_mode == "topk":
+    if inputs.distill_mode != "sampled_token":
         return grpo_credit(inputs)[0], None
 
     _require(inputs, method, "logp_student", "has_teacher")

@@ -23,6 +23,8 @@ teacher as a constant, so callers pass ``teacher_log_probs.detach()`` (or comput
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -179,6 +181,17 @@ def _support_divergence(
     return token_divergence(renormalize(student_on_support), renormalize(teacher_on_support), alpha)
 
 
+def _check_pair(student: torch.Tensor, teacher: torch.Tensor, suffix: str, expected: str, support: str) -> None:
+    """The student's and the teacher's tensors cover the same categories, and ``support`` names one of them."""
+    if tuple(student.shape) != tuple(teacher.shape):
+        raise ValueError(
+            f"teacher{suffix} has shape {tuple(teacher.shape)} but student{suffix} has shape "
+            f"{tuple(student.shape)}; both must be {expected}"
+        )
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS} (whose top-k tokens form the support), got {support!r}")
+
+
 def topk_divergence(
     student_log_probs: torch.Tensor,
     teacher_log_probs: torch.Tensor,
@@ -198,13 +211,7 @@ def topk_divergence(
     """
     _check_log_probs("student_log_probs", student_log_probs)
     _check_log_probs("teacher_log_probs", teacher_log_probs)
-    if tuple(student_log_probs.shape) != tuple(teacher_log_probs.shape):
-        raise ValueError(
-            f"teacher_log_probs has shape {tuple(teacher_log_probs.shape)} but student_log_probs has shape "
-            f"{tuple(student_log_probs.shape)}; both must be full (..., V) log-probs"
-        )
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS} (whose top-k tokens form the support), got {support!r}")
+    _check_pair(student_log_probs, teacher_log_probs, "_log_probs", "full (..., V) log-probs", support)
     _check_alpha(alpha)
     chooser = teacher_log_probs if support == "teacher" else student_log_probs
     _, indices = topk_support(chooser.detach(), k)
@@ -236,6 +243,113 @@ def divergence_on_teacher_topk(
     return _support_divergence(student_on_support, teacher_topk_logps, alpha, tail)
 
 
+DISTILL_CHUNK_ELEMENTS = 2**25
+"""Float32 elements of one (B, chunk, V) temporary of the chunked losses (128 MiB): the chunk over T is
+``max(1, DISTILL_CHUNK_ELEMENTS // (B·V))`` tokens unless a caller sets ``chunk_size`` (Qwen3-VL, V = 151,936, B = 4:
+55 tokens)."""
+
+
+def token_chunk_size(batch: int, vocab: int, budget: int = DISTILL_CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk so that one (batch, chunk, vocab) float32 temporary holds at most ``budget`` elements."""
+    return max(1, int(budget) // max(1, int(batch) * int(vocab)))
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision logits (bf16 / fp16 forwards), the input's dtype otherwise (float64 tests)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _check_loss_inputs(student_logits: torch.Tensor, loss_mask: torch.Tensor, normalizer: float | torch.Tensor,
+                       is_weight: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Shapes of the batch losses; returns the (B, T) bool mask."""
+    _check_log_probs("student_logits", student_logits)
+    check_2d("loss_mask", loss_mask)
+    if student_logits.dim() != 3 or tuple(student_logits.shape[:2]) != tuple(loss_mask.shape):
+        raise ValueError(
+            f"student_logits must be (B, T, V) with (B, T) = loss_mask's shape {tuple(loss_mask.shape)}, "
+            f"got {tuple(student_logits.shape)}"
+        )
+    if is_weight is not None:
+        check_same_shape("loss_mask", loss_mask, is_weight=is_weight)
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0 (the rollout temperature), got {temperature}")
+    if not bool(torch.as_tensor(normalizer) > 0):
+        raise ValueError(f"normalizer must be > 0 (a token count), got {float(torch.as_tensor(normalizer))}")
+    return as_bool_mask("loss_mask", loss_mask)
+
+
+class _GradientInForward(torch.autograd.Function):
+    """A scalar ``Σ_chunks f(logits[:, chunk])`` whose gradient w.r.t. the logits is computed chunk by chunk in the
+    forward (each chunk's float32 temporaries are freed before the next) into one buffer of the logits' dtype; the
+    backward only scales it by the incoming gradient. Single backward only (the buffer is scaled in place)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, chunks: list[tuple[int, int]],
+                terms: Callable[[torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
+        grad = torch.zeros_like(logits)
+        total = torch.zeros((), dtype=_compute_dtype(logits), device=logits.device)
+        for start, end in chunks:
+            with torch.enable_grad():
+                piece = logits[:, start:end].detach().requires_grad_()
+                value = terms(piece, start, end)
+                (piece_grad,) = torch.autograd.grad(value, piece)
+            grad[:, start:end] = piece_grad
+            total = total + value.detach()
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_output.to(grad.dtype)), None, None
+
+
+def _chunked_masked_loss(
+    divergence_of: Callable[[torch.Tensor, int, int], torch.Tensor],
+    student_logits: torch.Tensor,
+    mask: torch.Tensor,
+    normalizer: float | torch.Tensor,
+    is_weight: torch.Tensor | None,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ_{b,t} mask·ρ·D_{b,t} / normalizer``, with ``D`` computed over chunks of T (paper's OPSD / SDPO losses).
+
+    ``divergence_of(logits_chunk, start, end)`` returns the (B, end - start) divergences of positions ``start:end``
+    from the student's (B, end - start, V) logits chunk. Under autograd, each chunk's gradient is computed right away
+    into one buffer of the logits' shape and dtype (:class:`_GradientInForward`, the fused-loss trick), so the loss
+    holds no (B, T, V) float32 tensor: besides ``student_logits`` and that gradient (which the backward would produce
+    anyway) only one chunk's (B, chunk, V) temporaries exist at a time. Chunks with no masked token are skipped
+    (their terms are 0).
+
+    Returns:
+        ``(loss, per_token)``: the scalar loss and the (B, T) detached unweighted divergences (0 off the mask).
+    """
+    batch, length, vocab = student_logits.shape
+    step = int(chunk_size) if chunk_size else token_chunk_size(batch, vocab)
+    if step < 1:
+        raise ValueError(f"chunk_size must be >= 1 (tokens per chunk) or None, got {chunk_size}")
+    dtype = _compute_dtype(student_logits)
+    per_token = torch.zeros(batch, length, dtype=dtype, device=student_logits.device)
+    chunks = [(start, min(length, start + step)) for start in range(0, length, step)
+              if bool(mask[:, start : start + step].any())]
+
+    def terms(piece: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        divergence = divergence_of(piece, start, end)
+        divergence = torch.where(mask[:, start:end], divergence, torch.zeros_like(divergence))
+        per_token[:, start:end] = divergence.detach()
+        if is_weight is not None:
+            divergence = divergence * is_weight[:, start:end].detach().to(dtype)
+        return divergence.sum()
+
+    if torch.is_grad_enabled() and student_logits.requires_grad:
+        total = _GradientInForward.apply(student_logits, chunks, terms)
+    else:
+        zero = torch.zeros((), dtype=dtype, device=student_logits.device)
+        total = sum((terms(student_logits[:, a:b], a, b) for a, b in chunks), zero)
+    denominator = torch.as_tensor(normalizer, dtype=dtype, device=student_logits.device)
+    return total / denominator, per_token
+
+
 def topk_distillation_loss(
     student_logits: torch.Tensor,
     teacher_topk_logps: torch.Tensor,
@@ -245,19 +359,20 @@ def topk_distillation_loss(
     tail: bool,
     normalizer: float | torch.Tensor,
     is_weight: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k self-distillation loss of a batch (OPSD ``--top_k_loss``; SDPO ``topk`` with the teacher's support):
     ``Σ_{b,t} mask_{b,t}·ρ_{b,t}·D_alpha(P_S, P_T)_{b,t} / normalizer`` (``ρ = 1`` without ``is_weight``).
 
-    Per token, ``D_alpha`` is :func:`divergence_on_teacher_topk` of ``log_softmax(student_logits)`` on the teacher's
-    top-k ids (with one tail category, or renormalised). The student's log-probs on the support are computed as
-    ``logits[ids] - logsumexp(logits)``, equal to gathering ``log_softmax`` but without a second (B, T, V) tensor
-    kept for the backward. The engines pass a token count as ``normalizer`` (TRL's ``dapo`` normaliser: the
-    masked tokens of the global batch, per accumulation window), i.e. a masked token-mean over the batch.
+    Per token, ``D_alpha`` is :func:`divergence_on_teacher_topk` of ``log_softmax(student_logits / temperature)`` on
+    the teacher's top-k ids (with one tail category, or renormalised). The student's log-probs on the support are
+    ``logits[ids] - logsumexp(logits)``, computed chunk by chunk over T (:func:`_chunked_masked_loss`), so no
+    (B, T, V) float32 copy of the logits is made. The engines pass a token count as ``normalizer`` (TRL's ``dapo``
+    normaliser: the masked tokens of the global batch, per accumulation window), i.e. a masked token-mean.
 
     Args:
-        student_logits: (B, T, V) student logits at the response positions, already divided by the temperature;
-            carries the gradient.
+        student_logits: (B, T, V) student logits at the response positions (any float dtype); carries the gradient.
         teacher_topk_logps: (B, T, k) teacher log-probs (full-vocabulary softmax) at its top-k ids (constants).
         teacher_topk_indices: (B, T, k) integer vocabulary ids of the teacher's top-k.
         loss_mask: (B, T) 0/1 or bool: response tokens of rows that have a teacher.
@@ -266,35 +381,103 @@ def topk_distillation_loss(
         normalizer: the token count the masked sum is divided by, > 0.
         is_weight: optional (B, T) constant per-token weights ``ρ``, SDPO's clipped importance ratio
             (:func:`importance_weight`); ``per_token`` stays the unweighted divergence.
+        temperature: the logits are divided by it (the rollout temperature), chunk by chunk.
+        chunk_size: tokens per chunk over T (None: :func:`token_chunk_size`).
 
     Returns:
         ``(loss, per_token)``: the scalar loss (with gradient) and the (B, T) detached divergences (0 off the mask).
     """
-    _check_log_probs("student_logits", student_logits)
-    check_2d("loss_mask", loss_mask)
-    if student_logits.dim() != 3 or tuple(student_logits.shape[:2]) != tuple(loss_mask.shape):
-        raise ValueError(
-            f"student_logits must be (B, T, V) with (B, T) = loss_mask's shape {tuple(loss_mask.shape)}, "
-            f"got {tuple(student_logits.shape)}"
-        )
+    mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature)
     if tuple(teacher_topk_logps.shape[:2]) != tuple(loss_mask.shape):
         raise ValueError(
             f"teacher_topk_logps must be (B, T, k) with (B, T) = {tuple(loss_mask.shape)}, "
             f"got {tuple(teacher_topk_logps.shape)}"
         )
-    mask = as_bool_mask("loss_mask", loss_mask)
-    log_norm = torch.logsumexp(student_logits, dim=-1, keepdim=True)
-    student_on_support = gather_support(student_logits, teacher_topk_indices) - log_norm
-    per_token = _support_divergence(student_on_support, teacher_topk_logps.to(student_logits.dtype), alpha, tail)
-    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
-    denominator = torch.as_tensor(normalizer, dtype=per_token.dtype, device=per_token.device)
-    if not bool(denominator > 0):
-        raise ValueError(f"normalizer must be > 0 (a token count), got {float(denominator)}")
-    weighted = per_token
-    if is_weight is not None:
-        check_same_shape("loss_mask", loss_mask, is_weight=is_weight)
-        weighted = per_token * is_weight.detach().to(per_token.dtype)
-    return weighted.sum() / denominator, per_token.detach()
+    _check_alpha(alpha)
+    dtype = _compute_dtype(student_logits)
+
+    def divergence_of(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        scaled = logits.to(dtype) / temperature
+        ids = teacher_topk_indices[:, start:end]
+        student_on_support = gather_support(scaled, ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)
+        return _support_divergence(student_on_support, teacher_topk_logps[:, start:end].to(dtype), alpha, tail)
+
+    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size)
+
+
+def logits_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    loss_mask: torch.Tensor,
+    alpha: float,
+    normalizer: float | torch.Tensor,
+    topk: int | None = None,
+    support: str = "student",
+    tail: bool = False,
+    is_weight: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The self-distillation loss of a micro-batch from the student's and the teacher's logits of the same step.
+
+    ``topk=None`` (``cepo.distill.mode=full``; OPSD's default, ``generalized_jsd_loss`` with β = ``alpha``): the
+    whole-vocabulary :func:`token_divergence` of ``log_softmax(z_S / τ)`` and ``log_softmax(z_T / τ)``. ``topk=k``
+    (``mode=topk``): :func:`topk_divergence` on the ``support``'s top-k ids (``"student"``: SDPO's fork, chosen
+    from the student's current logits; ``"teacher"``: OPSD ``--top_k_loss``), with a tail bucket or renormalised.
+    Reduced as :func:`topk_distillation_loss`: ``Σ mask·ρ·D / normalizer``, chunk by chunk over T with the gradient
+    computed per chunk (:func:`_chunked_masked_loss`), so besides the two forwards' own (B, T, V) logits and the
+    student logits' gradient only (B, chunk, V) float32 temporaries exist.
+
+    Args:
+        student_logits: (B, T, V) student logits at the response positions; carries the gradient.
+        teacher_logits: (B, T, V) teacher logits at the same positions (a constant: detached here).
+        loss_mask: (B, T) 0/1 or bool: response tokens of rows that have a teacher.
+        alpha: 0 forward KL(T‖S), 1 reverse KL(S‖T), else the generalized JSD.
+        normalizer: the token count the masked sum is divided by, > 0.
+        topk: k of the top-k support, or None for the full vocabulary.
+        support: ``"student"`` or ``"teacher"``: whose top-k ids form the support (``topk`` only).
+        tail: top-k only: one tail category (SDPO ``add_tail``), else renormalise over the support.
+        is_weight: optional (B, T) constant per-token weights (SDPO's clipped importance ratio).
+        temperature: both logit sets are divided by it (the rollout temperature), chunk by chunk.
+        chunk_size: tokens per chunk over T (None: :func:`token_chunk_size`).
+
+    Returns:
+        ``(loss, per_token)``: the scalar loss (with gradient) and the (B, T) detached divergences (0 off the mask).
+    """
+    mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature)
+    _check_pair(student_logits, teacher_logits, "_logits", "(B, T, V) at the same positions", support)
+    vocab = student_logits.shape[-1]
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= vocab):
+        raise ValueError(f"topk must be an int in [1, {vocab}] or None (the full vocabulary), got {topk!r}")
+    _check_alpha(alpha)
+    dtype = _compute_dtype(student_logits)
+    teacher = teacher_logits.detach()
+
+    def divergence_of(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        student_lp = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
+        teacher_lp = torch.log_softmax(teacher[:, start:end].to(dtype) / temperature, dim=-1)
+        if topk is None:
+            return token_divergence(student_lp, teacher_lp, alpha)
+        return topk_divergence(student_lp, teacher_lp, topk, alpha, support=support, tail=tail)
+
+    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size)
+
+
+def sampled_token_logps(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
+    """``log_softmax(logits / τ)`` at ``token_ids``, (B, T, V) and (B, T) -> (B, T), detached, chunked over T (no
+    (B, T, V) float32 copy): the current policy's log-probs of the sampled tokens, for :func:`importance_weight`."""
+    batch, length, vocab = logits.shape
+    step = int(chunk_size) if chunk_size else token_chunk_size(batch, vocab)
+    dtype = _compute_dtype(logits)
+    out = torch.zeros(batch, length, dtype=dtype, device=logits.device)
+    with torch.no_grad():
+        for start in range(0, length, step):
+            scaled = logits[:, start : start + step].to(dtype) / temperature
+            ids = token_ids[:, start : start + step].long().unsqueeze(-1)
+            out[:, start : start + step] = (scaled.gather(-1, ids) - scaled.logsumexp(-1, keepdim=True)).squeeze(-1)
+    return out
 
 
 def importance_weight(student_logp: torch.Tensor, old_logp: torch.Tensor, clip: float) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 
 import torch
@@ -140,3 +141,14 @@ def demonstration_rows(
         candidates = [r for r in successes.get(gid, []) if not (exclude_self and r == row)]
         chosen.append(candidates[0] if candidates else None)
     return chosen
+
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", flags=re.DOTALL)
+
+
+def strip_thinking(text: str) -> str:
+    """A demonstration without its reasoning blocks: every ``<think>…</think>`` removed and then the surrounding
+    whitespace stripped (SDPO shows the teacher the successful rollout's answer, not its thinking; ``baselines.md``
+    §4a). A text without such a block is returned unchanged."""
+    stripped, count = _THINK_BLOCK.subn("", text)
+    return stripped.strip() if count else text

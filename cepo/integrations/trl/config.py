@@ -31,6 +31,7 @@ FIELD_KEYS: dict[str, str] = {
     "cepo_demo_template": "distill.demo_template",
     "cepo_distill_mode": "distill.mode",
     "cepo_distill_topk": "distill.topk",
+    "cepo_distill_support": "distill.support",
     "cepo_distill_alpha": "distill.alpha",
     "cepo_distill_tail": "distill.tail",
     "cepo_distill_is_clip": "distill.is_clip",
@@ -73,10 +74,13 @@ class CEPOGRPOConfig(GRPOConfig):
     cepo_demo_template: str = field(default=SDPO_TEMPLATE, metadata={"help": "SDPO: Jinja teacher prompt"})
     cepo_distill_mode: str = field(
         default="sampled_token",
-        metadata={"help": "OPSD/SDPO: sampled_token (advantage in the PG loss) | topk (divergence on the teacher's "
-                          "top-k support, mixed (1 - w) PG + w distill)"},
+        metadata={"help": "OPSD/SDPO: sampled_token (advantage in the PG loss) | topk (divergence on a top-k "
+                          "support) | full (whole-vocabulary divergence); mixed as (1 - w) PG + w distill"},
     )
     cepo_distill_topk: int = field(default=100, metadata={"help": "OPSD/SDPO topk mode: k (SDPO 100, OPSD 50)"})
+    cepo_distill_support: str = field(
+        default="teacher", metadata={"help": "OPSD/SDPO topk mode: teacher (OPSD's top-k) | student (SDPO's top-k)"}
+    )
     cepo_distill_alpha: float = field(
         default=0.5, metadata={"help": "OPSD/SDPO topk mode: 0 forward KL, 1 reverse KL, between = generalized JSD"}
     )
@@ -89,7 +93,8 @@ class CEPOGRPOConfig(GRPOConfig):
                                        "updates after a rollout batch's first (SDPO); None = no correction"}
     )
     cepo_distill_teacher: str = field(
-        default="live", metadata={"help": "OPSD/SDPO: live (the actor) | ema (an EMA LoRA adapter; needs PEFT LoRA)"}
+        default="live", metadata={"help": "OPSD/SDPO: live (the actor) | fixed (the initial policy: the LoRA adapter "
+                                  "disabled) | ema (an EMA LoRA adapter); fixed and ema need PEFT LoRA"}
     )
     cepo_distill_ema_rate: float = field(
         default=0.05, metadata={"help": "OPSD/SDPO ema teacher: theta_T <- (1 - rate) theta_T + rate theta"}

@@ -19,11 +19,15 @@ several optimizer steps train on one round, and all of them use that round's lam
 no teacher pass runs (the credit is GRPO).
 
 OPSD / SDPO in ``cepo.distill.mode=topk`` (declared by ``MethodSpec.distill_teacher``, see
-``cepo.algorithms.topk_teacher``): the teacher call is a plain forward that also returns the teacher's top-k
+``cepo.algorithms.loss_teacher``): the teacher call is a plain forward that also returns the teacher's top-k
 log-probs per response token (``cepo.teacher.teacher_topk_logprobs``), carried in the output dict as (B, T, k)
 through TRL's shuffle/split, and the loss becomes ``(1 - w) TRL's PG loss + w top-k divergence`` (the divergence
 from a plain student forward with full logits at the completion positions; w = 1 skips the PG term). Every
-other method and mode keeps TRL's loss unchanged. ``cepo.distill.teacher=ema`` (LoRA only): the teacher passes
+other method and mode keeps TRL's loss unchanged. In ``mode=full`` (OPSD's default) and ``topk`` with
+``support=student`` (SDPO's fork) the teacher pass only builds the teacher rows and the teacher forward runs in each
+loss micro-batch (``cepo.integrations.trl.distillation``). ``cepo.distill.teacher=fixed`` (LoRA only): the teacher
+passes run with the adapter disabled, i.e. the initial policy (OPSD ``--fixed_teacher``).
+``cepo.distill.teacher=ema`` (LoRA only): the teacher passes
 run with a second adapter, ``teacher``, the EMA of the trained one (``cepo.algorithms.ema_update_`` after every
 optimizer step); no second full model.
 
@@ -57,15 +61,23 @@ from cepo.algorithms import (
     ema_update_,
     get_method,
     importance_weight,
+    logits_distillation_loss,
+    loss_teacher,
     plan_teacher_passes,
     rollout_scores,
+    sampled_token_logps,
     sequence_advantages,
     teacher_passes,
     topk_distillation_loss,
-    topk_teacher,
 )
 from cepo.integrations.trl.checkpoints import AtomicCheckpointMixin
 from cepo.integrations.trl.config import CEPOGRPOConfig
+from cepo.integrations.trl.distillation import (
+    LOSS_TEACHER_KEYS,
+    carry_teacher_prompts,
+    is_pure_lora,
+    teacher_forward_kwargs,
+)
 from cepo.integrations.trl.rewards import completion_text
 from cepo.rewards import extract_answer
 from cepo.teacher import TeacherInputs, build_teacher_inputs, teacher_topk_logprobs, tokenizer_of
@@ -131,10 +143,21 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             self._check_teacher_support()
         if self.method.one_update_per_rollout:
             self._check_one_update_per_rollout()
-        # top-k mode: the teacher context whose top-k log-probs the loss needs (None: TRL's loss, unchanged)
-        self.topk_kind = topk_teacher(self.method.name, self.cepo.distill.mode)
-        if self.topk_kind is not None:
+        # topk / full mode: the teacher context whose distribution the loss needs (None: TRL's loss, unchanged);
+        # full and student-support top-k run the teacher forward in the loss micro-batch, teacher-support top-k scores
+        # the teacher's top-k once in the teacher pass (topk_kind)
+        distill = self.cepo.distill
+        self.loss_kind = loss_teacher(self.method.name, distill.mode)
+        self.teacher_in_loss = self.loss_kind is not None and (distill.mode == "full" or distill.support == "student")
+        self.topk_kind = None if self.teacher_in_loss else self.loss_kind
+        if self.loss_kind is not None:
             self._check_topk_support()
+        if distill.teacher == "fixed" and not is_pure_lora(self.accelerator.unwrap_model(self.model)):
+            raise ValueError(
+                "cepo.distill.teacher=fixed needs a PEFT LoRA model (the initial policy is the model with the adapter "
+                "disabled; no frozen copy of a fully fine-tuned model is kept): train with LoRA (peft_config="
+                "LoraConfig(...); cepo train: actor_rollout_ref.model.lora_rank > 0) or set cepo.distill.teacher=live"
+            )
         # EMA teacher: (teacher adapter tensor, student adapter tensor) by student parameter name, from the first step
         self.ema_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._ema_checkpoint: Path | None = None  # EMA_FILE of the checkpoint a run resumes from
@@ -161,16 +184,24 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             )
 
     def _check_topk_support(self) -> None:
-        """Top-k mode: k within the vocabulary; with w = 1 TRL's loss (and its KL / entropy terms) is not computed."""
+        """Top-k / full mode: k within the vocabulary; with w = 1 TRL's loss (and its KL / entropy terms) is not
+        computed; a teacher forward in the loss reuses the micro-batch's images, so the teacher must see them."""
         distill = self.cepo.distill
+        if self.teacher_in_loss and not self.cepo.teacher_sees_image and getattr(
+                self.processing_class, "image_processor", None) is not None:
+            raise ValueError(
+                f"cepo.distill.mode={distill.mode} (support={distill.support}) runs the teacher forward in the loss "
+                "micro-batch with the student's image inputs, so it needs cepo.teacher_sees_image=true; set it, or "
+                "use cepo.distill.mode=topk with cepo.distill.support=teacher"
+            )
         config = self.accelerator.unwrap_model(self.model).config
         vocab = getattr(config.get_text_config(), "vocab_size", None)
-        if vocab is not None and distill.topk > vocab:
+        if distill.mode == "topk" and vocab is not None and distill.topk > vocab:
             raise ValueError(f"cepo.distill.topk={distill.topk} exceeds the model's vocabulary ({vocab} tokens)")
         if distill.weight == 1.0 and (self.beta != 0.0 or getattr(self, "_entropy_bonus_enabled", False)):
             raise ValueError(
-                "cepo.distill.mode=topk with cepo.distill.weight=1 replaces TRL's loss, so its KL (beta) and entropy "
-                "terms would be dropped; set beta=0 and no entropy bonus, or cepo.distill.weight < 1"
+                f"cepo.distill.mode={distill.mode} with cepo.distill.weight=1 replaces TRL's loss, so its KL (beta) "
+                "and entropy terms would be dropped; set beta=0 and no entropy bonus, or cepo.distill.weight < 1"
             )
 
     def _check_ema_unsharded(self) -> None:
@@ -186,10 +217,7 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     def _check_ema_support(self) -> None:
         """The EMA teacher is a second LoRA adapter: refuse a model that is not pure-LoRA PEFT."""
-        model = self.accelerator.unwrap_model(self.model)
-        lora = is_peft_model(model) and str(getattr(model.peft_config.get(model.active_adapter), "peft_type", "")
-                                            ).split(".")[-1] == "LORA"
-        if not lora or any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
+        if not is_pure_lora(self.accelerator.unwrap_model(self.model)):
             raise ValueError(
                 "cepo.distill.teacher=ema needs a PEFT LoRA model (the EMA teacher is a second LoRA adapter, not a "
                 "second full model): train with LoRA (peft_config=LoraConfig(...); cepo train: "
@@ -327,8 +355,13 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
 
     @contextmanager
     def _teacher_weights(self) -> Iterator[None]:
-        """The teacher passes' weights: the EMA adapter while inside (``cepo.distill.teacher=ema``), else the live
-        model. The trained adapter is active and trainable again on exit."""
+        """The teacher passes' weights: the EMA adapter while inside (``cepo.distill.teacher=ema``), the model with
+        the LoRA adapter disabled (``fixed``: the initial policy), else the live model. The trained adapter is active
+        and trainable again on exit."""
+        if self.cepo.distill.teacher == "fixed":
+            with self.accelerator.unwrap_model(self.model).disable_adapter():
+                yield
+            return
         if self.ema_pairs is None:
             yield
             return
@@ -389,6 +422,8 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             teacher_seconds = time.perf_counter() - tic
         token_adv, metrics = compute_token_advantages(method.name, credit)
         output["advantages"] = token_adv
+        if self._teacher_rows_only():  # SDPO: rows without a teacher leave the token-mean's denominator
+            self._drop_rows_without_teacher(output, credit)
         metrics["teacher_seconds"] = teacher_seconds
         metrics["generation_round"] = float(step)
         for key, value in metrics.items():
@@ -422,6 +457,7 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         )
         jobs = plan.jobs
         logps = {kind: torch.zeros_like(mask, dtype=torch.float32) for kind in kinds}
+        carried: TeacherInputs | None = None
         topk = None
         if self.topk_kind is not None:  # (B, T, k) teacher log-probs and ids; rows without a teacher stay 0
             k = self.cepo.distill.topk
@@ -443,13 +479,18 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 max_prompt_length=self.cepo.teacher_max_prompt_length,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
-            with self._teacher_weights():
-                if topk is None:
-                    scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
-                else:
-                    top_values, top_indices, scored = self._score_topk(teacher, real_rows=len(jobs))
+            if self.teacher_in_loss:  # the teacher forward runs in the loss micro-batches: carry the prompts only
+                carried = teacher
+                scored = [None] * len(jobs)
+            else:
+                with self._teacher_weights():
+                    if topk is None:
+                        scored = self._score(teacher, kind="teacher", real_rows=len(jobs))
+                    else:
+                        top_values, top_indices, scored = self._score_topk(teacher, real_rows=len(jobs))
             for j, ((kind, row, hint), values) in enumerate(zip(jobs, scored, strict=False)):  # padding rows: dropped
-                logps[kind][row] = values.float()
+                if values is not None:
+                    logps[kind][row] = values.float()
                 if topk is not None and kind == self.topk_kind:
                     topk[0][row], topk[1][row] = top_values[j], top_indices[j].to(torch.int32)
                 self.teacher_calls.append({"step": self.state.global_step, "kind": kind, "row": row, "hint": hint})
@@ -460,11 +501,33 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         if "neg" in kinds:
             credit.has_negative = torch.tensor(plan.has_negative, dtype=torch.bool, device=mask.device)
         credit.has_teacher = torch.tensor(plan.has_teacher, dtype=torch.bool, device=mask.device)
-        if topk is not None:
+        if self.teacher_in_loss:
+            pad = tokenizer_of(self.processing_class).pad_token_id or 0
+            output.update(carry_teacher_prompts(output, carried, [row for _, row, _ in jobs], pad))
+        if self.loss_kind is not None:
             distill_mask = mask * credit.has_teacher.unsqueeze(-1).to(mask.dtype)
-            output["teacher_topk_logps"], output["teacher_topk_indices"] = topk
+            if topk is not None:
+                output["teacher_topk_logps"], output["teacher_topk_indices"] = topk
             output["distill_mask"] = distill_mask
             output["distill_num_items"] = self.accelerator.gather(distill_mask.sum().float().reshape(1)).sum()
+
+    def _teacher_rows_only(self) -> bool:
+        """Whether the PG loss of a sampled-token distillation is averaged over the rows that have a teacher only:
+        pure distillation (``cepo.distill.weight = 1``), where the other rows' advantage is 0 (SDPO's token-mean over
+        ``response_mask × self_distillation_mask``; OPSD gives every row a teacher)."""
+        return (self.method.distill_teacher is not None and self.loss_kind is None
+                and self.cepo.distill.weight == 1.0)
+
+    def _drop_rows_without_teacher(self, output: dict[str, Any], credit: CreditInputs) -> None:
+        """Zero the completion mask of the local rows without a teacher (their advantage is 0, their loss term 0)
+        and recount TRL's ``num_items_in_batch`` over the generation batch, so that they leave the denominator of
+        every TRL loss type instead of diluting the step (SDPO's ``self_distillation_mask``)."""
+        if credit.has_teacher is None:  # no teacher pass ran
+            return
+        rows = credit.has_teacher.to(output["completion_mask"].device).unsqueeze(-1)
+        output["completion_mask"] = output["completion_mask"] * rows.to(output["completion_mask"].dtype)
+        count = self.accelerator.gather(output["completion_mask"].sum().reshape(1)).sum()
+        output["num_items_in_batch"] = count.to(output["num_items_in_batch"].dtype)
 
     def _synced_row_count(self, rows: int) -> int:
         """The largest ``rows`` over all processes: every process pads its scoring call to it, so all run the
@@ -527,10 +590,12 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self._log_forward("teacher", real_rows, rows, chunk, topk=self.cepo.distill.topk)
         return values, indices, logps
 
-    # -- the loss: TRL's, plus the top-k divergence in top-k mode ------------------------------
+    # -- the loss: TRL's, plus the divergence in top-k / full mode ----------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        """TRL's loss, unchanged, except for a method in top-k mode: ``(1 - w) PG + w distill`` (w = 1: no PG)."""
-        if self.topk_kind is None or any(k not in inputs for k in TOPK_KEYS):  # eval batches carry no teacher pass
+        """TRL's loss, unchanged, except for a method in top-k / full mode: ``(1 - w) PG + w distill`` (w = 1: no
+        PG)."""
+        keys = LOSS_TEACHER_KEYS if self.teacher_in_loss else TOPK_KEYS
+        if self.loss_kind is None or any(k not in inputs for k in keys):  # eval batches carry no teacher pass
             return super()._compute_loss(model, inputs)
         weight = self.cepo.distill.weight
         loss = weight * self._distillation_loss(model, inputs)
@@ -538,39 +603,65 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             loss = loss + (1.0 - weight) * super()._compute_loss(model, inputs)
         return loss
 
-    def _distillation_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        """``Σ mask·D_alpha(P_S, P_T) / N`` on the teacher's top-k support (:func:`cepo.algorithms.
-        topk_distillation_loss`): P_S from a plain forward of this micro-batch, full logits at the completion
-        positions divided by TRL's temperature; N = the masked tokens of the generation batch scaled to one
-        accumulation window, as TRL's ``dapo`` normaliser (so the sum over a window is a token-mean)."""
-        completion_ids = inputs["completion_ids"]
-        t = completion_ids.shape[1]
-        forward = {k: inputs[k] for k in TRL_FORWARD_KEYS if inputs.get(k) is not None}
+    def _response_logits(self, model: Any, inputs: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        """(B, T, V) logits of a plain forward at the completion positions, in the forward's dtype (a view of its
+        output, not divided by the temperature: the divergence does that chunk by chunk)."""
+        t = inputs["completion_ids"].shape[1]
         with self.accelerator.autocast():
-            outputs = model(
-                input_ids=torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
-                attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
-                logits_to_keep=t + 1, use_cache=False, **forward,
-            )
-        logits = outputs.logits[:, -(t + 1) : -1].float() / self.temperature  # (B, T, V)
+            outputs = model(logits_to_keep=t + 1, use_cache=False, **kwargs)
+        return outputs.logits[:, -(t + 1) : -1]
+
+    @torch.no_grad()
+    def _micro_batch_teacher_logits(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """The teacher's (B, T, V) logits of this micro-batch (``mode=full`` / student-support top-k): one forward of
+        ``[teacher prompt | completion]`` under the teacher's weights (:meth:`_teacher_weights`), no gradient."""
+        kwargs = teacher_forward_kwargs(inputs, TRL_FORWARD_KEYS)
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                self._teacher_weights():
+            logits = self._response_logits(model, inputs, **kwargs)
+        rows = int(inputs["completion_ids"].shape[0])
+        self._log_forward("teacher_in_loss", rows, rows, rows, mode=self.cepo.distill.mode)
+        return logits
+
+    def _distillation_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """``Σ mask·D_alpha(P_S, P_T) / N``: P_S from a plain forward of this micro-batch (full logits at the
+        completion positions, at TRL's temperature); P_T the teacher's top-k scored in the teacher pass
+        (:func:`cepo.algorithms.topk_distillation_loss`) or the teacher's logits from a forward in this micro-batch
+        (:func:`cepo.algorithms.logits_distillation_loss`: ``full``, or the student's top-k); both chunked over T.
+        N = the masked tokens of the generation batch scaled to one accumulation window, as TRL's ``dapo`` normaliser
+        (so the sum over a window is a token-mean over the rows that have a teacher)."""
+        completion_ids = inputs["completion_ids"]
+        distill = self.cepo.distill
+        teacher_logits = self._micro_batch_teacher_logits(model, inputs) if self.teacher_in_loss else None
+        forward = {k: inputs[k] for k in TRL_FORWARD_KEYS if inputs.get(k) is not None}
+        logits = self._response_logits(
+            model, inputs, input_ids=torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+            attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1), **forward,
+        )
         normalizer = inputs["distill_num_items"].clamp(min=1.0) / self.accelerator.num_processes
         if self.model.training:  # as TRL's dapo: the generation batch's count, per accumulation window
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        distill = self.cepo.distill
         mask = inputs["distill_mask"]
         is_weight = None
         old_logps = inputs.get("old_per_token_logps")
         if distill.is_clip is not None and old_logps is not None:  # SDPO's correction for off-policy updates
-            with torch.no_grad():
-                sampled = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            sampled = sampled_token_logps(logits, completion_ids, temperature=self.temperature)
             is_weight = importance_weight(sampled, old_logps, distill.is_clip)
-        loss, per_token = topk_distillation_loss(
-            logits, inputs["teacher_topk_logps"], inputs["teacher_topk_indices"], mask,
-            alpha=distill.alpha, tail=distill.tail, normalizer=normalizer, is_weight=is_weight,
-        )
+        if teacher_logits is None:
+            loss, per_token = topk_distillation_loss(
+                logits, inputs["teacher_topk_logps"], inputs["teacher_topk_indices"], mask, alpha=distill.alpha,
+                tail=distill.tail, normalizer=normalizer, is_weight=is_weight, temperature=self.temperature,
+            )
+        else:
+            loss, per_token = logits_distillation_loss(
+                logits, teacher_logits, mask, alpha=distill.alpha, normalizer=normalizer,
+                topk=distill.topk if distill.mode == "topk" else None, support=distill.support, tail=distill.tail,
+                is_weight=is_weight, temperature=self.temperature,
+            )
         clipped = torch.zeros((), device=mask.device) if is_weight is None else (
             (is_weight >= distill.is_clip) & mask.bool()).sum().float()
-        totals = self.accelerator.reduce(torch.stack([per_token.sum(), mask.sum().float(), clipped]), reduction="sum")
+        totals = self.accelerator.reduce(torch.stack([per_token.sum().float(), mask.sum().float(), clipped]),
+                                         reduction="sum")
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["cepo/distill_loss"].append(float(totals[0] / totals[1].clamp(min=1.0)))
         if is_weight is not None:
