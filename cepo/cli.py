@@ -62,10 +62,6 @@ def _smoke_base_model(path: str | None) -> str | None:
 
 def _smoke(ns: argparse.Namespace) -> int:
     if getattr(ns, "engine", "trl") == "verl":
-        if getattr(ns, "text", False):
-            print("cepo smoke: error: --text runs on the TRL engine (the default --engine trl); the verl smoke run "
-                  "uses the tiny Qwen3-VL", file=sys.stderr)
-            return 2
         return _smoke_verl(ns)
     from cepo.integrations.trl.run import OptionNames
     from cepo.smoke import run_smoke
@@ -78,7 +74,6 @@ def _smoke(ns: argparse.Namespace) -> int:
         use_lora=not ns.no_lora,
         resume=ns.resume,
         overwrite=ns.overwrite,
-        text=ns.text,
         model_dir=_smoke_base_model(ns.base_model),
         option_names=OptionNames(
             resume="--resume",
@@ -90,6 +85,12 @@ def _smoke(ns: argparse.Namespace) -> int:
         ),
     )
     print(f"smoke run finished in {result.wall_seconds:.1f} s; run directory: {result.run_dir}")
+    if not getattr(ns, "text", False):
+        from cepo.smoke_files import write_try_files
+
+        print(f"try the trained model on held-out problems and one figure in {result.run_dir / 'try'}:")
+        for command in write_try_files(result.run_dir, seed=ns.seed):
+            print(f"  {command}")
     return 0
 
 
@@ -117,9 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA r16/a32")
     smoke.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     smoke.add_argument("--overwrite", action="store_true", help="delete the checkpoints already in --output-dir")
-    smoke.add_argument("--text", action="store_true",
-                       help="the tiny Qwen3 text LM on arithmetic problems (the text recipe's path, thinking off) "
-                            "instead of the tiny Qwen3-VL on Geo3k-like figures")
     smoke.add_argument("--base-model", metavar="DIR",
                        help="the warm-started tiny model: reused when DIR holds one, else built and saved there "
                             "(default <output-dir>/base-model); give every method the same DIR to warm-start once")

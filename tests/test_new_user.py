@@ -152,3 +152,67 @@ def test_plot_coinciding_runs_are_marked(tmp_path: Path, monkeypatch: pytest.Mon
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo", "rlsd (= grpo)"]
     assert first.get_marker() != second.get_marker()
     assert first.get_markersize() > second.get_markersize()  # the one underneath shows around the one on top
+
+
+# -- the run's model card ---------------------------------------------------------------------------------------
+def _trl_card(tmp_path: Path, base_model: str | None) -> Path:
+    """The README.md GRPOTrainer.create_model_card writes for a model loaded from a local folder (base_model None)."""
+    from trl import GRPOTrainer
+    from trl.trainer.utils import generate_model_card
+
+    card = generate_model_card(base_model=base_model, model_name="run", hub_model_id=None, dataset_name=None,
+                               tags=["trl", "grpo"], wandb_url=None, trackio_url=None, trainer_name=GRPOTrainer._name,
+                               trainer_citation=GRPOTrainer._paper.get("citation"),
+                               paper_title=GRPOTrainer._paper.get("title"), paper_id=GRPOTrainer._paper.get("id"))
+    card.save(str(tmp_path / "README.md"))
+    return tmp_path / "README.md"
+
+
+def test_model_card_names_method_and_base_model(tmp_path: Path) -> None:
+    from cepo.integrations.trl.model_card import fix_model_card
+
+    card = _trl_card(tmp_path, None)
+    assert "fine-tuned version of [None]" in card.read_text()  # what TRL writes for a local base model
+    base = tmp_path / "base-model"
+    base.mkdir()
+    assert fix_model_card(card, "conspo", str(base), tmp_path / "final")
+    text = card.read_text()
+    assert f"This model is a fine-tuned version of `{base}` (a local model)" in text
+    assert "This model was trained with ConSPO (cepo_method='conspo'" in text and "trained with GRPO" not in text
+    assert f'model="{tmp_path / "final"}"' in text and "None" not in text.split("## Training procedure")[0]
+
+    card = _trl_card(tmp_path, None)
+    fix_model_card(card, "grpo", "Qwen/Qwen3-VL-2B-Instruct", tmp_path / "final")
+    text = card.read_text()
+    assert "fine-tuned version of [Qwen/Qwen3-VL-2B-Instruct](https://huggingface.co/Qwen/Qwen3-VL-2B-Instruct)" in text
+    assert "This model was trained with GRPO, a method introduced in" in text  # GRPO's own sentence is right
+
+
+@pytest.mark.slow
+def test_smoke_run_model_card(smoke_model: Path, tmp_path: Path) -> None:
+    from cepo.smoke import run_smoke
+
+    run_smoke(tmp_path / "run", method="cepo", steps=1, model_dir=smoke_model, echo=False)
+    text = (tmp_path / "run" / "README.md").read_text()
+    assert f"fine-tuned version of `{smoke_model}`" in text and "trained with CEPO" in text
+
+
+# -- files a smoke run leaves to try eval --local and credit-map ---------------------------------------------------
+def test_smoke_try_files_feed_eval_local_and_credit_map(tmp_path: Path) -> None:
+    import shlex
+
+    from PIL import Image
+
+    from cepo.cli import build_parser
+    from cepo.evaluation.local import load_examples
+    from cepo.smoke_files import TRY_PROBLEMS, write_try_files
+
+    eval_line, credit_line = write_try_files(tmp_path / "run", seed=0)
+    examples = load_examples(tmp_path / "run" / "try" / "test.parquet")
+    assert len(examples) == TRY_PROBLEMS and all(e.answer and len(e.images) == 1 for e in examples)
+    assert Image.open(tmp_path / "run" / "try" / "figure.png").size == examples[0].images[0].size
+    eval_ns = build_parser().parse_args(shlex.split(eval_line)[1:])
+    credit_ns = build_parser().parse_args(shlex.split(credit_line)[1:])
+    assert eval_ns.command == "eval" and eval_ns.local == str(tmp_path / "run" / "try" / "test.parquet")
+    assert eval_ns.model == credit_ns.model == str(tmp_path / "run" / "final")
+    assert credit_ns.answer == examples[0].answer != credit_ns.wrong_answer and credit_ns.sample

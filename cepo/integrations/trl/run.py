@@ -37,6 +37,7 @@ from cepo.integrations.trl.checkpoints import (
 )
 from cepo.integrations.trl.config import CEPOGRPOConfig
 from cepo.integrations.trl.data import check_dataset_size
+from cepo.integrations.trl.model_card import fix_model_card
 from cepo.integrations.trl.rewards import make_math_reward
 from cepo.integrations.trl.trainer import CEPOTrainer
 from cepo.output_paths import DiskFull, disk_full
@@ -291,6 +292,7 @@ def train(
     remove_staging(run_dir)
     (run_dir / "config.json").write_text(json.dumps(json.loads(args.to_json_string()), indent=2, sort_keys=True))
     reward = make_math_reward(cepo.reward.accuracy_weight, cepo.reward.format_weight)
+    base_model = getattr(getattr(model, "config", None), "_name_or_path", None) or None  # before LoRA wraps it
     trainer = CEPOTrainer(
         model=model,
         reward_funcs=reward,
@@ -309,6 +311,7 @@ def train(
         trainer.save_model(str(staged))
         processing_class.save_pretrained(str(staged))
         publish_directory(staged, run_dir / "final")
+        fix_model_card(run_dir / "README.md", args.cepo_method, base_model, run_dir / "final")
     except KeyboardInterrupt:
         _close_progress_bar(trainer)
         if trainer.args.should_save:
