@@ -62,6 +62,10 @@ def _smoke_base_model(path: str | None) -> str | None:
 
 def _smoke(ns: argparse.Namespace) -> int:
     if getattr(ns, "engine", "trl") == "verl":
+        if getattr(ns, "text", False):
+            print("cepo smoke: error: --text runs on the TRL engine (the default --engine trl); the verl smoke run "
+                  "uses the tiny Qwen3-VL", file=sys.stderr)
+            return 2
         return _smoke_verl(ns)
     from cepo.integrations.trl.run import OptionNames
     from cepo.smoke import run_smoke
@@ -74,6 +78,7 @@ def _smoke(ns: argparse.Namespace) -> int:
         use_lora=not ns.no_lora,
         resume=ns.resume,
         overwrite=ns.overwrite,
+        text=ns.text,
         model_dir=_smoke_base_model(ns.base_model),
         option_names=OptionNames(
             resume="--resume",
@@ -121,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--base-model", metavar="DIR",
                        help="the warm-started tiny model: reused when DIR holds one, else built and saved there "
                             "(default <output-dir>/base-model); give every method the same DIR to warm-start once")
+    smoke.add_argument("--text", action="store_true",
+                       help="the tiny Qwen3 text LM on arithmetic problems (the text recipe's path, thinking off) "
+                            "instead of the tiny Qwen3-VL on Geo3k-like figures")
     smoke.add_argument("--engine", choices=["trl", "verl"], default="trl",
                        help="trl (default): CPU; verl: the verl main job with vLLM on one GPU (2 steps, a "
                             "checkpoint, a resume; needs CUDA and vLLM)")
