@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cepo.testing import build_qwen_tokenizer, build_tiny_qwen3vl, build_tiny_text_lm
@@ -44,3 +45,40 @@ def test_text_warm_start_batch_targets_the_boxed_answer_after_the_thinking_switc
         text = tokenizer.decode(batch["input_ids"][i][batch["attention_mask"][i] == 1])
         assert text.startswith("<|im_start|>user\n" + row["prompt"][0]["content"])
         assert "<|im_start|>assistant\n<think>\n\n</think>\n\n\\boxed{" in text
+
+
+@pytest.mark.slow
+def test_text_user_path_prepare_math_then_cepo_train_text_config(tmp_path):
+    """scripts/prepare_math.py output trains through ``cepo train --config configs/text/cepo.yaml`` (TRL, LoRA on the
+    tiny text LM, the thinking switch carried into the run's settings)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from cepo.cli import main
+    from cepo.recipes import configs_dir
+    from cepo.testing import save_tiny_text_lm
+    from cepo.testing.math_data import write_math_sources
+
+    sources = write_math_sources(tmp_path / "src", n_train=8, n_eval=2)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_math.py"
+    spec = importlib.util.spec_from_file_location("prepare_math", script)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    data = tmp_path / "data"
+    assert module.main(["--local-dir", str(data), "--train-dataset", str(sources["train"]), "--math500",
+                        str(sources["math500"]), "--aime2024", str(sources["aime2024"]), "--aime2025",
+                        str(sources["aime2025"])]) == 0
+    model = save_tiny_text_lm(tmp_path / "model")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(configs_dir() / "text" / "cepo.yaml"),
+                 f"actor_rollout_ref.model.path={model}", f"data.train_files={data / 'train.parquet'}",
+                 "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8", "actor_rollout_ref.rollout.n=2",
+                 "data.max_response_length=8", "trainer.total_training_steps=1",
+                 "actor_rollout_ref.actor.optim.lr_warmup_steps=0", f"trainer.default_local_dir={run}",
+                 "actor_rollout_ref.model.enable_gradient_checkpointing=false"]) == 0
+    settings = json.loads((run / "config.json").read_text())
+    assert settings["chat_template_kwargs"] == {"enable_thinking": False} and settings["cepo_method"] == "cepo"
+    assert (run / "final" / "adapter_config.json").is_file()
