@@ -2,8 +2,8 @@
 
 The same numbers a training run's own validation would give: the rows get the student prompt the trainer uses
 (``cepo.data.student_prompt``, the paper's Appendix B instruction, unless the file already holds chat messages),
-the image first in the user turn, and every response is graded by ``cepo.rewards.compute_score`` (mathruler on
-the last ``\\boxed{}``). Generation is Hugging Face ``generate`` (any device) or vLLM (``--backend vllm``, a GPU
+the image first in the user turn, and every response is graded by ``cepo.rewards.compute_score`` (mathruler or
+math-verify on the last ``\\boxed{}``). Generation is Hugging Face ``generate`` (any device) or vLLM (``--backend vllm``, a GPU
 with vLLM installed), both with all of the paper's sampling settings (``cepo.evaluation.generation``).
 
 Accepted files: everything ``cepo.data.read_data_file`` reads (``.parquet``, ``.json``/``.jsonl``, ``.arrow``, a
