@@ -20,6 +20,7 @@ an unregistered name (the GPU path: ``nvidia`` platform, ``vllm`` rollout) runs:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,15 @@ BOXED_EVERY_ENV = "CEPO_CPU_ROLLOUT_BOXED_EVERY"
 ``\\boxed{<request count>}`` + EOS instead of a sample, so a group of ``rollout.n = k`` holds one such answer.
 A random tiny model never writes a boxed answer: without these every reward would be 0, every group advantage 0,
 and no CEPO/RLSD negative hint r- would exist. Their log-probs are the model's own (one forward)."""
+
+
+def _prompt_key(prompt_ids: list[int], images: list[Any] | None) -> str:
+    """One prompt, as the counter of :data:`BOXED_EVERY_ENV` sees it: its tokens *and* its images (Geo3k prompts
+    share their text, "Find x.", and differ only in the figure)."""
+    digest = hashlib.sha1(repr(list(prompt_ids)).encode())
+    for image in images or []:
+        digest.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+    return digest.hexdigest()
 
 
 def _server_name(replica_rank: int) -> str:
@@ -186,7 +196,7 @@ class HFRolloutServer:
         self.generator_seed = seed
         self.weight_versions = 0
         self.global_steps: int | None = None
-        self.calls: dict[int, int] = {}
+        self.calls: dict[str, int] = {}
         self.boxed_every = int(os.environ.get(BOXED_EVERY_ENV, "0") or 0)
         self.lock = asyncio.Lock()
 
@@ -211,7 +221,7 @@ class HFRolloutServer:
             generate_kwargs.update(temperature=temperature, top_p=float(params.get("top_p", 1.0)),
                                    top_k=top_k if top_k > 0 else 0)
         async with self.lock:
-            key = hash(tuple(prompt_ids))
+            key = _prompt_key(prompt_ids, image_data)
             self.calls[key] = count = self.calls.get(key, 0) + 1
             if self.boxed_every and count % self.boxed_every == 1 % self.boxed_every:
                 tokens = self.processor.tokenizer(rf"\boxed{{{count}}}", add_special_tokens=False)["input_ids"]
