@@ -23,3 +23,15 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cepo.smoke import prepare_smoke_model
 
     return prepare_smoke_model(tmp_path_factory.mktemp("smoke") / "base-model")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cepo train`` stops with exit 2 and "MODEL LOAD reached" where it would load the model's weights (or its
+    processor): a bad-input test that sees its own message instead knows the check came first."""
+
+    def stub(*_: object, **__: object) -> None:
+        raise ValueError("MODEL LOAD reached")
+
+    monkeypatch.setattr("cepo.integrations.trl.from_config.load_model", stub)
+    monkeypatch.setattr("cepo.integrations.trl.data.load_processing_class", stub)

@@ -6,28 +6,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cepo.cli import main as cli_main
 from cepo.testing import make_geo3k_like
-
-
-def _one_error_line(err: str, prefix: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-@pytest.fixture
-def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    def stub(*_: Any, **__: Any) -> None:
-        raise ValueError("MODEL LOAD reached")
-
-    monkeypatch.setattr("cepo.integrations.trl.from_config.load_model", stub)
-    monkeypatch.setattr("cepo.integrations.trl.data.load_processing_class", stub)
+from cepo.testing.cli_checks import one_error_line
 
 
 def _train(config: Path, data: Path | str, run: Path) -> int:
@@ -49,7 +33,7 @@ def test_data_without_an_answer_column(tmp_path: Path, method_yaml: Path, capsys
                                        no_model_load: None) -> None:
     make_geo3k_like(4).remove_columns("answer").to_parquet(str(tmp_path / "noans.parquet"))
     assert _train(method_yaml, tmp_path / "noans.parquet", tmp_path / "run") == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo train:")
+    line = one_error_line(capsys.readouterr().err, "cepo train:")
     assert f"{tmp_path / 'noans.parquet'} has no 'answer' column" in line
     assert "columns: ['images', 'problem']" in line and "add the verifiable final answer" in line, line
 
@@ -59,7 +43,7 @@ def test_data_file_that_is_not_utf8(tmp_path: Path, method_yaml: Path, capsys: p
     data = tmp_path / "latin1.jsonl"
     data.write_bytes(b'{"problem": "a", "answer": "1"}\n{"problem": "caf\xe9", "answer": "2"}\n')
     assert _train(method_yaml, data, tmp_path / "run") == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo train:")
+    line = one_error_line(capsys.readouterr().err, "cepo train:")
     assert f"'{data}' is not UTF-8 text: line 2, column 17 has the byte 0xe9; save the file as UTF-8" in line, line
 
 
@@ -102,7 +86,7 @@ def test_method_yaml_problems_name_the_file(case: str, own_configs: Path, tmp_pa
         path.write_bytes(content)
         config = path
     assert _train(config, tmp_path / "d.parquet", tmp_path / "run") == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo train:")
+    line = one_error_line(capsys.readouterr().err, "cepo train:")
     assert expected.format(path=path) in line, line
     assert "override" not in line
 
@@ -112,6 +96,6 @@ def test_verl_entry_point_bad_hydra_flag_is_one_line(capsys: pytest.CaptureFixtu
 
     assert verl_main(["--cfg", "jobs"]) == 2
     err = capsys.readouterr().err
-    line = _one_error_line(err, "cepo (verl): error:")
+    line = one_error_line(err, "cepo (verl): error:")
     assert "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all')" in line, line
     assert "usage:" not in err

@@ -12,15 +12,9 @@ from typing import Any
 import pytest
 
 from cepo.cli import main as cli_main
+from cepo.testing.cli_checks import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _one_error_line(err: str, prefix: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- cepo eval --local: where results go ------------------------------------------------------------------------
@@ -57,7 +51,7 @@ def test_eval_local_results_go_under_each_run_and_are_kept(
     capsys.readouterr()
     before = first.read_text()
     assert _eval_local(run_a / "final", data) == 2  # results there: refused, before the model loads
-    line = _one_error_line(capsys.readouterr().err, "cepo eval:")
+    line = one_error_line(capsys.readouterr().err, "cepo eval:")
     assert f"{first.parent} already holds results (eval.json); replace them with --overwrite" in line, line
     assert first.read_text() == before
     assert _eval_local(run_a / "final", data, "--overwrite") == 0
@@ -69,7 +63,7 @@ def test_eval_local_output_dir_is_checked(two_runs: tuple[Path, Path, Path], cap
     run_a, _, data = two_runs
     (tmp_path / "f").write_text("")
     assert _eval_local(run_a / "final", data, "--output-dir", str(tmp_path / "f")) == 2
-    assert "--output-dir" in _one_error_line(capsys.readouterr().err, "cepo eval:")
+    assert "--output-dir" in one_error_line(capsys.readouterr().err, "cepo eval:")
 
 
 # -- scripts and the repository ------------------------------------------------------------------------------------
@@ -104,7 +98,7 @@ def test_smoke_base_model_is_where_the_warm_start_goes(
     assert cli_main(["smoke", "--output-dir", str(tmp_path / "run"), "--base-model", str(shared)]) == 2
     assert calls == [shared] and "WARM START reached" in capsys.readouterr().err
     assert cli_main(["smoke", "--output-dir", str(tmp_path / "run"), "--base-model", "/sys/cepo-base"]) == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo smoke:")
+    line = one_error_line(capsys.readouterr().err, "cepo smoke:")
     assert "--base-model '/sys/cepo-base' cannot be written" in line and calls == [shared], line
 
 

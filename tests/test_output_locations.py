@@ -13,16 +13,10 @@ from typing import Any
 import pytest
 
 from cepo.cli import main as cli_main
+from cepo.testing.cli_checks import one_error_line
 
 UNWRITABLE = Path("/sys/cepo-output-check")  # sysfs: mkdir fails with EPERM even for root
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _one_error_line(err: str, prefix: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _unwritable() -> Path:
@@ -48,14 +42,6 @@ def no_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("cepo.smoke.prepare_smoke_model", stub)
 
 
-@pytest.fixture
-def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    def stub(*_: Any, **__: Any) -> None:
-        raise ValueError("MODEL LOAD reached")
-
-    monkeypatch.setattr("cepo.integrations.trl.from_config.load_model", stub)
-
-
 def _bad_dirs(tmp_path: Path, a_file: Path) -> dict[str, tuple[str, str]]:
     """name -> (path, expected text in the error line)."""
     return {
@@ -74,7 +60,7 @@ def test_smoke_output_dir_checked_before_the_warm_start(
     else:
         path, expected = _bad_dirs(tmp_path, a_file)[case]
     assert cli_main(["smoke", "--output-dir", path]) == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo smoke:")
+    line = one_error_line(capsys.readouterr().err, "cepo smoke:")
     assert "WARM START" not in line and "--output-dir" in line and expected in line, line
     assert not Path("base-model").exists() and a_file.read_text() == "not a directory\n"
 
@@ -83,14 +69,14 @@ def test_smoke_resume_and_overwrite_exclude_each_other(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_warm_start: None
 ) -> None:
     assert cli_main(["smoke", "--output-dir", str(tmp_path / "run"), "--resume", "--overwrite"]) == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo smoke:")
+    line = one_error_line(capsys.readouterr().err, "cepo smoke:")
     assert "--resume and --overwrite exclude each other" in line and "give one of them" in line, line
 
 
 def test_smoke_resume_of_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           no_warm_start: None) -> None:
     assert cli_main(["smoke", "--output-dir", str(tmp_path / "nowhere"), "--resume"]) == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo smoke:")
+    line = one_error_line(capsys.readouterr().err, "cepo smoke:")
     assert f"cannot resume {tmp_path / 'nowhere'}: the directory does not exist; run without --resume" in line
     assert not (tmp_path / "nowhere").exists()
 
@@ -125,7 +111,7 @@ def test_train_output_dir_checked_before_the_model(
     else:
         path, expected = _bad_dirs(tmp_path, a_file)[case]
     assert _train(*train_inputs, f"trainer.default_local_dir={path}") == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo train:")
+    line = one_error_line(capsys.readouterr().err, "cepo train:")
     assert "MODEL LOAD" not in line and "trainer.default_local_dir" in line and expected in line, line
 
 
@@ -134,13 +120,13 @@ def test_train_resume_checks_come_before_the_model(
 ) -> None:
     run = f"trainer.default_local_dir={tmp_path / 'run'}"
     assert _train(*train_inputs, run, cli=("--resume", "--overwrite")) == 2
-    assert "--resume and --overwrite exclude each other" in _one_error_line(capsys.readouterr().err, "cepo train:")
+    assert "--resume and --overwrite exclude each other" in one_error_line(capsys.readouterr().err, "cepo train:")
     assert _train(*train_inputs, run, cli=("--resume",)) == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo train:")
+    line = one_error_line(capsys.readouterr().err, "cepo train:")
     assert "the directory does not exist; run without --resume to start it, or set trainer.default_local_dir" in line
     (tmp_path / "run" / "checkpoint-1").mkdir(parents=True)
     assert _train(*train_inputs, run) == 2  # checkpoints there: refused before the data is read or the model loads
-    assert "already holds checkpoints (checkpoint-1)" in _one_error_line(capsys.readouterr().err, "cepo train:")
+    assert "already holds checkpoints (checkpoint-1)" in one_error_line(capsys.readouterr().err, "cepo train:")
 
 
 @pytest.fixture
@@ -164,7 +150,7 @@ def test_plot_output_must_be_a_writable_png(
     if case == "unwritable":
         _unwritable()
     assert cli_main(["plot", str(metrics_run), "--output", output]) == 2
-    line = _one_error_line(capsys.readouterr().err, "cepo plot:")
+    line = one_error_line(capsys.readouterr().err, "cepo plot:")
     assert expected in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run-a"]  # no curves.png, no DIR.png
 
@@ -194,7 +180,7 @@ def test_prepare_geo3k_local_dir_checked_before_the_download(
     else:
         path, expected = _bad_dirs(tmp_path, a_file)[case]
     assert _prepare_geo3k().main(["--local-dir", path]) == 2
-    line = _one_error_line(capsys.readouterr().err, "[prepare_geo3k] error:")
+    line = one_error_line(capsys.readouterr().err, "[prepare_geo3k] error:")
     assert "--local-dir" in line and expected in line and "hub" not in line, line
 
 
@@ -220,7 +206,7 @@ def test_disk_full_is_one_line_with_the_resume_command(
     code = _train(*train_inputs, f"trainer.default_local_dir={run}", "trainer.total_training_steps=3",
                   "trainer.save_freq=1", "actor_rollout_ref.model.lora_rank=16")
     err = capsys.readouterr().err
-    line = _one_error_line(err, "cepo train:")
+    line = one_error_line(err, "cepo train:")
     assert code == 1, err
     assert line.startswith(f"cepo train: no space left on device in {run} at step ")
     assert f"last checkpoint: {run / 'checkpoint-1'}; free space, then resume with: cepo train " in line
