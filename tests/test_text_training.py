@@ -82,3 +82,36 @@ def test_text_user_path_prepare_math_then_cepo_train_text_config(tmp_path):
     settings = json.loads((run / "config.json").read_text())
     assert settings["chat_template_kwargs"] == {"enable_thinking": False} and settings["cepo_method"] == "cepo"
     assert (run / "final" / "adapter_config.json").is_file()
+
+
+def test_eval_prompts_take_the_thinking_switch():
+    from cepo.evaluation.generation import encode_prompts
+
+    tokenizer = build_qwen_tokenizer()
+    conversation = [[{"role": "user", "content": "What is $2 + 3$?"}]]
+    off = encode_prompts(tokenizer, conversation, None, {"enable_thinking": False})
+    on = encode_prompts(tokenizer, conversation, None)
+    assert tokenizer.decode(off["input_ids"][0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert tokenizer.decode(on["input_ids"][0]).endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
+def test_cepo_eval_local_no_thinking_on_prepared_math(tmp_path):
+    """``cepo eval --local <prepare_math output> --no-thinking`` with the tiny text LM: graded by cepo's verifier."""
+    import json
+
+    from cepo.cli import main
+    from cepo.rewards import compute_score
+    from cepo.testing import save_tiny_text_lm
+    from cepo.testing.math_data import make_math_like
+
+    rows = make_math_like(4, seed=3)
+    data = tmp_path / "math500.parquet"
+    rows.to_parquet(str(data))
+    model = save_tiny_text_lm(tmp_path / "model")
+    out = tmp_path / "eval"
+    assert main(["eval", str(model), "--local", str(data), "--no-thinking", "--max-new-tokens", "6",
+                 "--temperature", "0", "--output-dir", str(out)]) == 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["answer"] for s in samples] == list(rows["answer"])
+    assert [s["accuracy"] for s in samples] == [compute_score(s["response"], s["answer"]).accuracy for s in samples]

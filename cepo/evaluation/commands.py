@@ -54,6 +54,7 @@ def _eval(ns: argparse.Namespace) -> int:
                 ns.model, ns.local, ns.output_dir, sampling, overwrite=ns.overwrite, base=ns.base,
                 backend=ns.backend or "auto", name=ns.name,
                 label=ns.label, limit=ns.limit, batch_size=ns.batch_size or 8, seed=ns.seed, device=ns.device,
+                chat_template_kwargs={"enable_thinking": False} if ns.no_thinking else None,
             )
         else:
             from cepo.evaluation.runner import evaluate_lmms
@@ -116,6 +117,8 @@ def add_eval_parser(sub: Any) -> None:
                                                        "prompt), optional image(s) and answer")
     local.add_argument("--name", help="benchmark name in eval.json (default: the file's stem)")
     local.add_argument("--seed", type=int, default=0)
+    local.add_argument("--no-thinking", action="store_true",
+                       help="render the prompts with enable_thinking=false (Qwen3's switch, as configs/text/ trains)")
     local.add_argument("--device", help="default cuda when available, else cpu")
     _add_sampling(p, PAPER_SAMPLING, "the paper's: 1.0 / 1.0 / 40 / 2.0 / 32000")
     p.set_defaults(func=_eval)

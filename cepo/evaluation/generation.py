@@ -74,11 +74,14 @@ def tokenizer_of(processing_class: Any) -> Any:
 
 
 def encode_prompts(
-    processing_class: Any, conversations: Sequence[Sequence[Message]], images: Sequence[Sequence[Any]] | None
+    processing_class: Any, conversations: Sequence[Sequence[Message]], images: Sequence[Sequence[Any]] | None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Left-padded model inputs for ``conversations`` (chat template + generation prompt), images included."""
+    """Left-padded model inputs for ``conversations`` (chat template + generation prompt), images included;
+    ``chat_template_kwargs`` are extra chat-template variables (Qwen3's ``enable_thinking``)."""
     tokenizer = tokenizer_of(processing_class)
-    texts = [processing_class.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
+    texts = [processing_class.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False,
+                                                  **(chat_template_kwargs or {}))
              for c in conversations]
     if _is_processor(processing_class):
         rows = [list(r) for r in images] if images is not None else [[] for _ in texts]
@@ -109,6 +112,7 @@ def hf_generate(
     batch_size: int = 8,
     warn: Any = None,
     progress: bool = False,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generated]:
     """Sample one response per conversation with ``model.generate`` and the chain of :func:`sampling_processors`;
     ``progress`` shows a progress bar (responses done) on stderr.
@@ -132,7 +136,7 @@ def hf_generate(
     for start in range(0, len(conversations), max(1, batch_size)):
         stop = min(len(conversations), start + max(1, batch_size))
         batch = encode_prompts(processing_class, conversations[start:stop],
-                               images[start:stop] if images is not None else None)
+                               images[start:stop] if images is not None else None, chat_template_kwargs)
         width = int(batch["input_ids"].shape[1])
         new_tokens = sampling.max_new_tokens
         if context is not None and width + new_tokens > context:
@@ -179,6 +183,7 @@ def vllm_generate(
     sampling: SamplingSettings,
     seed: int | None = 0,
     max_model_len: int | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[Generated]:
     """Sample with vLLM's offline ``LLM.generate`` (prompts rendered with the model's chat template, images as
     ``multi_modal_data``). Not exercised by the CPU test suite (no vLLM there)."""
@@ -199,7 +204,8 @@ def vllm_generate(
         params["top_k"] = sampling.top_k
     prompts = []
     for conv, imgs in zip(conversations, rows, strict=True):
-        text = processing_class.apply_chat_template(list(conv), add_generation_prompt=True, tokenize=False)
+        text = processing_class.apply_chat_template(list(conv), add_generation_prompt=True, tokenize=False,
+                                                    **(chat_template_kwargs or {}))
         prompt: dict[str, Any] = {"prompt": text}
         if imgs:
             prompt["multi_modal_data"] = {"image": imgs if len(imgs) > 1 else imgs[0]}

@@ -3,8 +3,9 @@
 The same numbers a training run's own validation would give: the rows get the student prompt the trainer uses
 (``cepo.data.student_prompt``, the paper's Appendix B instruction, unless the file already holds chat messages),
 the image first in the user turn, and every response is graded by ``cepo.rewards.compute_score`` (mathruler or
-math-verify on the last ``\\boxed{}``). Generation is Hugging Face ``generate`` (any device) or vLLM (``--backend vllm``, a GPU
-with vLLM installed), both with all of the paper's sampling settings (``cepo.evaluation.generation``).
+math-verify on the last ``\\boxed{}``). Generation is Hugging Face ``generate`` (any device) or vLLM
+(``--backend vllm``, a GPU with vLLM installed), both with all of the paper's sampling settings
+(``cepo.evaluation.generation``).
 
 Accepted files: everything ``cepo.data.read_data_file`` reads (``.parquet``, ``.json``/``.jsonl``, ``.arrow``, a
 ``save_to_disk`` directory) with
@@ -182,14 +183,17 @@ def evaluate_local(
     accuracy_weight: float = 0.9,
     format_weight: float = 0.1,
     echo: Callable[[str], None] | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> tuple[EvalResult, Path]:
     """Generate one response per row, grade it, and write ``eval.json`` + ``samples.jsonl`` to ``output_dir``
     (``None``: ``local-<data file stem>/`` in the model's default evaluation folder, ``<run>/eval`` for a TRL run's
     model, else ``eval/<model name>``; ``cepo.evaluation.runner.default_output_dir``). Results already there are
     replaced only with ``overwrite``; the folder is checked before the model loads.
 
-    ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when it is installed and a GPU is present, else HF). Returns the
-    result and the path of ``eval.json``.
+    ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when it is installed and a GPU is present, else HF).
+    ``chat_template_kwargs``: extra chat-template variables for the prompts, e.g. ``{"enable_thinking": False}`` for
+    a Qwen3 model trained with configs/text/ (``cepo eval --local --no-thinking``). Returns the result and the path
+    of ``eval.json``.
     """
     import torch
 
@@ -213,14 +217,15 @@ def evaluate_local(
         lm, processing_class = load_model(source, device=device)
         generated = hf_generate(lm, processing_class, [e.messages for e in examples], [e.images for e in examples],
                                 sampling, context=context_length(lm), seed=seed, batch_size=batch_size, warn=say,
-                                progress=echo is None)
+                                progress=echo is None, chat_template_kwargs=chat_template_kwargs)
     else:
         from cepo.evaluation.models import load_processing_class
 
         processing_class = load_processing_class(source)
         with merged_checkpoint(source, out_dir) as path:
             generated = vllm_generate(path, processing_class, [e.messages for e in examples],
-                                      [e.images for e in examples], sampling, seed=seed)
+                                      [e.images for e in examples], sampling, seed=seed,
+                                      chat_template_kwargs=chat_template_kwargs)
     rows = []
     for example, response in zip(examples, generated, strict=True):
         score = compute_score(response.text, example.answer, accuracy_weight, format_weight)
