@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         ns = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage errors (2) and --help (0), already printed
         return exit_.code if isinstance(exit_.code, int) else 2
+    from cepo.hub_messages import quiet_hub_retries
+
+    quiet_hub_retries()
     try:
         return ns.func(ns)
     except KeyboardInterrupt as err:

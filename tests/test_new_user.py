@@ -5,6 +5,7 @@ methods that have one, ``cepo plot`` runs whose curves coincide."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,31 @@ def test_smoke_try_files_feed_eval_local_and_credit_map(tmp_path: Path) -> None:
     assert eval_ns.command == "eval" and eval_ns.local == str(tmp_path / "run" / "try" / "test.parquet")
     assert eval_ns.model == credit_ns.model == str(tmp_path / "run" / "final")
     assert credit_ns.answer == examples[0].answer != credit_ns.wrong_answer and credit_ns.sample
+
+
+# -- an unreachable hub: one line ------------------------------------------------------------------------------------
+def test_hub_retries_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's own retry loop against a host that never resolves (.invalid, RFC 2606): one line."""
+    import httpx
+    from huggingface_hub import constants
+    from huggingface_hub.utils import http_backoff
+
+    from cepo.hub_messages import HUB_HTTP_LOGGER, quiet_hub_retries
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline (conftest)
+
+    quiet_hub_retries()
+    quiet_hub_retries()  # installed once
+    seen: list[str] = []
+    collect = logging.Handler()
+    collect.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(HUB_HTTP_LOGGER)
+    logger.addHandler(collect)
+    try:
+        with pytest.raises(httpx.HTTPError):
+            http_backoff("HEAD", "https://cepo-test.invalid/config.json", max_retries=2, base_wait_time=0.01)
+    finally:
+        logger.removeHandler(collect)
+    lines = seen
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("hub: cannot reach cepo-test.invalid (") and "HF_HUB_OFFLINE=1" in lines[0]
