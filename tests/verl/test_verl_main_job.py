@@ -36,7 +36,7 @@ successful peer (no teacher pass, advantage 0 at its distillation weight 1) and 
 for those two the loop runs with zero advantages, and the test checks exactly that. Their credit on real groups is
 checked in ``test_verl_trainer_cpu.py`` and ``test_verl_advantage.py``.
 
-Wall time on a 2-core CPU: ~5 min per method (both runs) when the machine is idle, 7.5 min under load.
+Wall time per method (both runs) on a 2-core CPU: 2.5 min when the machine is quiet, up to 7.5 min under load.
 ``cepo`` runs by default; the other five are ``slow``.
 """
 
