@@ -121,6 +121,68 @@ def test_lambda_is_logged_only_for_methods_with_lambda(method: str, tmp_path: Pa
     assert ("cepo/lambda" in row) == has_lambda and row["reward"] == 0.25
 
 
+# -- ConSPO's step line: a number that moves in place of its loss (0 by construction) -------------------------------
+def test_conspo_negative_probability_against_its_infonce() -> None:
+    """``cepo/conspo_neg_prob`` against 1 - P⁺ of Eq. 13's softmax, written out in float64 per group."""
+    import math
+
+    import torch
+
+    from cepo.algorithms import CreditInputs, compute_token_advantages, sequence_advantages
+
+    gen = torch.Generator().manual_seed(3)
+    scores = -torch.rand(12, generator=gen, dtype=torch.float64) * 3
+    rewards = torch.tensor([1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0], dtype=torch.float64)  # 3rd group: no positive
+    groups = [i // 4 for i in range(12)]
+    tau, margin = 0.7, 0.05
+    expected = []
+    for g in range(3):
+        rows = [i for i in range(12) if groups[i] == g]
+        pos = [float(scores[i]) for i in rows if rewards[i] >= 0.5]
+        neg = [float(scores[i]) for i in rows if rewards[i] < 0.5]
+        if pos and neg:
+            one_minus = [1 - math.exp((s - margin) / tau) / (math.exp((s - margin) / tau)
+                                                             + sum(math.exp(n / tau) for n in neg)) for s in pos]
+            expected.append(sum(one_minus) / len(one_minus))
+    adv = sequence_advantages("conspo", rewards, groups, scores=scores, options={"tau": tau, "margin": margin})
+    mask = torch.ones(12, 5)
+    _, metrics = compute_token_advantages("conspo", CreditInputs(adv, mask, 0.0, 0.2, num_tokens=60))
+    assert metrics["conspo_neg_prob"] == pytest.approx(sum(expected) / len(expected), rel=1e-9)
+    _, equal = compute_token_advantages("conspo", CreditInputs(  # equal scores, no margin: N- / (N- + 1)
+        sequence_advantages("conspo", rewards[:4], groups[:4], scores=torch.zeros(4, dtype=torch.float64)),
+        mask[:4], 0.0, 0.2, num_tokens=20))
+    assert equal["conspo_neg_prob"] == pytest.approx(3 / 4)
+    _, grpo = compute_token_advantages("grpo", CreditInputs(adv, mask, 0.0, 0.2))
+    assert "conspo_neg_prob" not in grpo
+
+
+def test_step_line_leaves_out_conspo_loss_only() -> None:
+    from cepo.integrations.trl.run import step_line
+
+    row = {"step": 2, "wall_seconds": 0.5, "reward": 0.25, "loss": 0.0, "cepo/conspo_neg_prob": 0.6}
+    assert "loss" not in step_line(row, "conspo") and "1-P+ 0.6000" in step_line(row, "conspo")
+    assert "loss 0.0000" in step_line({**row, "loss": 0.0}, "grpo")
+
+
+@pytest.mark.slow
+def test_smoke_conspo_prints_a_number_that_moves(smoke_model: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from cepo.smoke import run_smoke
+
+    run_smoke(tmp_path / "run", method="conspo", steps=3, model_dir=smoke_model, echo=True)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if re.match(r"step +\d+ \|", line)]
+    assert len(lines) == 3 and not any("loss" in line for line in lines), lines
+    values = [float(re.search(r"1-P\+ ([0-9.]+)", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert any(v > 0 for v in values) and all(0 <= v < 1 for v in values), values
+    assert "ConSPO: TRL's loss is 0 at every step by construction" in out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [round(r["cepo/conspo_neg_prob"], 4) for r in rows] == values
+    assert all(abs(r["loss"]) < 1e-6 for r in rows)  # why it is not printed: TRL's surrogate is 0 at ratio 1
+
+
 def test_verl_grpo_metrics_have_no_lambda() -> None:
     from cepo.config import CEPOConfig
     from cepo.integrations.verl.credit import apply_token_credit

@@ -388,4 +388,22 @@ def compute_token_advantages(method: str, inputs: CreditInputs) -> tuple[torch.T
         metrics["has_negative_frac"] = float(torch.as_tensor(inputs.has_negative).float().mean())
     if inputs.has_teacher is not None and spec.teacher_rows == "all":
         metrics["has_teacher_frac"] = float(torch.as_tensor(inputs.has_teacher).float().mean())
+    if spec.sequence_advantage == "conspo":
+        metrics[CONSPO_NEG_PROB_METRIC] = conspo_negative_probability(inputs.advantages)
     return token_adv, metrics
+
+
+CONSPO_NEG_PROB_METRIC = "conspo_neg_prob"
+"""ConSPO's metric in place of the loss (:func:`conspo_negative_probability`): TRL's surrogate loss of ConSPO is 0 at
+every step by construction (ratio 1, advantages that sum to 0 within each group)."""
+
+
+def conspo_negative_probability(advantages: torch.Tensor) -> float:
+    """Mean over the batch's contrastive groups of ``1 - P⁺`` (averaged over each group's positives): the probability
+    ConSPO's InfoNCE still puts on the negatives: 0 once every positive outscores its negatives by far, ``N⁻/(N⁻+1)``
+    when all scores are equal (no margin), 0 when no group has both a positive and a negative. Read off ConSPO's
+    sequence advantages ``A = -dL/ds`` (:func:`sequence_advantages`): a positive's is ``(1 - P_i⁺)/(N⁺Q)``, so their
+    sum over the batch is this mean (Q valid groups). With the rows of a batch split over processes it is this
+    process's share."""
+    values = advantages.detach().double()
+    return float(values[values > 0].sum())

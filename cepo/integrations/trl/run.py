@@ -26,6 +26,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from cepo.algorithms.credit import CONSPO_NEG_PROB_METRIC, METHODS
 from cepo.algorithms.metrics import logged_metrics
 from cepo.integrations.trl.checkpoints import (
     STAGING_PREFIX,
@@ -95,8 +96,16 @@ class MetricsFileCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Keep only the rows up to the step training starts from (0 for a new run, the checkpoint's on resume),
-        so a resumed run neither duplicates nor leaves stale rows."""
-        if not state.is_world_process_zero or not self.path.exists():
+        so a resumed run neither duplicates nor leaves stale rows. For ConSPO, say once what its step line shows
+        instead of the loss."""
+        if not state.is_world_process_zero:
+            return
+        if self.echo and _shows_conspo_metric(self.method):
+            from tqdm.auto import tqdm
+
+            tqdm.write(CONSPO_NOTE, file=sys.stdout)
+            sys.stdout.flush()
+        if not self.path.exists():
             return
         rows = [line for line in self.path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line).get("step", 0) <= state.global_step]
@@ -119,7 +128,7 @@ class MetricsFileCallback(TrainerCallback):
             from tqdm.auto import tqdm
 
             # tqdm.write clears the progress bar, prints the line, and redraws the bar below it
-            tqdm.write(step_line(row), file=sys.stdout)
+            tqdm.write(step_line(row, self.method), file=sys.stdout)
             sys.stdout.flush()
 
 
@@ -131,15 +140,32 @@ STEP_LINE_FIELDS = (
     ("cepo/clip_rate", "clip", "{:.3f}"),
     ("cepo/has_teacher_frac", "teacher rows", "{:.2f}"),
     ("cepo/token_adv_abs_mean", "|A_t|", "{:.3f}"),
+    (f"cepo/{CONSPO_NEG_PROB_METRIC}", "1-P+", "{:.4f}"),
     ("loss", "loss", "{:.4f}"),
 )
 """(metric, label, format) of the one-line step summary, in order; a metric the step did not log is left out."""
 
+CONSPO_NOTE = (
+    "ConSPO: TRL's loss is 0 at every step by construction (ratio 1, one update per rollout batch, advantages that "
+    "sum to 0 in each group), so the step line shows 1-P+ instead: the probability ConSPO's InfoNCE still puts on "
+    "the negatives, averaged over each group's positives and the contrastive groups (0 when solved; "
+    "cepo/conspo_neg_prob in metrics.jsonl)"
+)
+"""Printed once when a ConSPO run starts."""
 
-def step_line(row: dict[str, Any]) -> str:
-    """``step N | reward ... | lambda ... | ... | step 1.23s`` for one metrics row."""
+
+def _shows_conspo_metric(method: str | None) -> bool:
+    """Whether ``method``'s step line shows ConSPO's ``1-P+`` in place of TRL's loss (0 by construction)."""
+    return method is not None and method in METHODS and METHODS[method].sequence_advantage == "conspo"
+
+
+def step_line(row: dict[str, Any], method: str | None = None) -> str:
+    """``step N | reward ... | lambda ... | ... | step 1.23s`` for one metrics row of a run of ``method``. ConSPO's
+    line leaves TRL's loss out (0 by construction: :data:`CONSPO_NOTE`) and shows ``1-P+``."""
+    skip = {"loss"} if _shows_conspo_metric(method) else set()
     parts = [f"step {row['step']:>4}"]
-    parts += [f"{label} {fmt.format(row[key])}" for key, label, fmt in STEP_LINE_FIELDS if row.get(key) is not None]
+    parts += [f"{label} {fmt.format(row[key])}" for key, label, fmt in STEP_LINE_FIELDS
+              if row.get(key) is not None and key not in skip]
     return " | ".join([*parts, f"step {row['wall_seconds']:.2f}s"])
 
 
