@@ -7,7 +7,8 @@
   naming the file and rows);
 * images that cannot be opened (random bytes, a missing file) fail naming the file, row and column, or
   are dropped with a count when ``on_bad_image="skip"`` (``cepo train --on-bad-image skip``);
-* prompts longer than ``data.max_prompt_length`` tokens, counted as TRL will feed them (chat template,
+* prompts longer than ``data.max_prompt_length`` tokens, counted as TRL will feed them (chat template with
+  the run's ``chat_template_kwargs``, e.g. Qwen3's ``enable_thinking=false`` and its empty think block,
   generation prompt and image tokens), follow verl's ``data.filter_overlong_prompts``: ``true`` drops them
   and prints how many; ``false`` fails naming the rows. verl 0.9.1's ``RLHFDataset`` reads
   ``data.truncation`` but no longer applies it (its rollout refuses over-long multimodal prompts and
@@ -147,19 +148,28 @@ def _where(dataset: Any, i: int) -> str:
     return f"row {i}"
 
 
-def prompt_length(processing_class: Any, prompt: list[dict[str, Any]], images: Sequence[Any] | None) -> int:
-    """Tokens of one prompt as TRL feeds it: chat template with the generation prompt, image tokens included."""
+def prompt_length(
+    processing_class: Any,
+    prompt: list[dict[str, Any]],
+    images: Sequence[Any] | None,
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> int:
+    """Tokens of one prompt as TRL feeds it: chat template with the generation prompt and the run's
+    ``chat_template_kwargs`` (TRL's ``GRPOConfig.chat_template_kwargs``; Qwen3's ``enable_thinking=False`` appends
+    an empty ``<think>\n\n</think>\n\n`` block), image tokens included."""
     from transformers import ProcessorMixin
 
+    extra = dict(chat_template_kwargs or {})
     if isinstance(processing_class, ProcessorMixin):
         from trl.data_utils import prepare_multimodal_messages
 
         messages = prepare_multimodal_messages(prompt, images=list(images or []))
         out = processing_class.apply_chat_template(
-            conversation=[messages], add_generation_prompt=True, tokenize=True, return_dict=True
+            conversation=[messages], add_generation_prompt=True, tokenize=True, return_dict=True, **extra
         )
         return len(out["input_ids"][0])
-    out = processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    out = processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                               **extra)
     return len(out["input_ids"])
 
 
@@ -170,8 +180,10 @@ def apply_max_prompt_length(
     filter_overlong_prompts: bool,
     truncation: str = "error",
     source: str = "data.train_files",
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> Any:
-    """Drop (``filter_overlong_prompts``) or refuse prompts longer than ``max_prompt_length`` tokens."""
+    """Drop (``filter_overlong_prompts``) or refuse prompts longer than ``max_prompt_length`` tokens, counted
+    with the run's ``chat_template_kwargs`` (:func:`prompt_length`)."""
     if truncation not in TRUNCATION_VALUES:
         raise ValueError(f"data.truncation={truncation!r} is not one of {', '.join(TRUNCATION_VALUES)}")
     if int(max_prompt_length) <= 0:
@@ -179,7 +191,7 @@ def apply_max_prompt_length(
     lengths = []
     for i, row in enumerate(dataset):
         try:
-            lengths.append(prompt_length(processing_class, row["prompt"], row.get("images")))
+            lengths.append(prompt_length(processing_class, row["prompt"], row.get("images"), chat_template_kwargs))
         except Exception as err:  # a chat template or processor that cannot take this row
             raise ValueError(f"{source}: cannot count the prompt tokens of {_where(dataset, i)}: {err}") from None
     long_rows = [i for i, n in enumerate(lengths) if n > max_prompt_length]
@@ -244,6 +256,7 @@ def load_train_dataset(
     filter_overlong_prompts: bool = False,
     truncation: str = "error",
     on_bad_image: str = "fail",
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """The ``data.train_files`` in TRL's conversational layout (``prompt``, ``images``, ``answer``).
 
@@ -251,7 +264,8 @@ def load_train_dataset(
     ``reward_model.ground_truth``) or Geo3k's own columns (``problem``/``answer``), in any format of
     ``cepo.data.files``. Every check (module docstring) runs here, before any model is loaded; the prompt
     length is checked only when ``processing_class`` (the processor / tokenizer, or a function returning it,
-    called only after the file, answer and image checks pass) and ``max_prompt_length`` are given.
+    called only after the file, answer and image checks pass) and ``max_prompt_length`` are given; it is counted
+    with ``chat_template_kwargs`` (``data.apply_chat_template_kwargs``), as the trainer renders the prompts.
     """
     import datasets
 
@@ -279,6 +293,7 @@ def load_train_dataset(
         if not hasattr(processing_class, "apply_chat_template"):  # a function that loads it, called only now
             processing_class = processing_class()
         dataset = apply_max_prompt_length(
-            dataset, processing_class, int(max_prompt_length), bool(filter_overlong_prompts), str(truncation)
+            dataset, processing_class, int(max_prompt_length), bool(filter_overlong_prompts), str(truncation),
+            chat_template_kwargs=chat_template_kwargs,
         )
     return dataset.remove_columns([_ROW, _FILE])

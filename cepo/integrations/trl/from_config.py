@@ -236,6 +236,7 @@ def train_from_config(
         filter_overlong_prompts=bool(_select(cfg, "data.filter_overlong_prompts", False)),
         truncation=str(_select(cfg, "data.truncation", "error")),
         on_bad_image=on_bad_image,
+        chat_template_kwargs=args.chat_template_kwargs,  # prompt lengths counted as the trainer renders them
     )
     check_dataset_size(len(dataset), args, names.batch)
     model, processing_class = load_model(model_path, processor())
