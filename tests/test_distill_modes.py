@@ -180,11 +180,6 @@ def test_config_values_and_verl_refusals() -> None:
 
 
 # -- the TRL trainer --------------------------------------------------------------------------------------------------
-def _lora(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    return {n.replace(f".{adapter}.", ".default."): p.detach().clone() for n, p in model.named_parameters()
-            if "lora_" in n and f".{adapter}." in n}
-
-
 def _recording_trainer(smoke_model: Path, tmp_path: Path, method: str, rewards: Any, peft: bool,
                        **extra: Any) -> Any:
     """A ``CEPOTrainer`` on the tiny Qwen3-VL that records its generation outputs, its loss micro-batches (with the
@@ -193,23 +188,12 @@ def _recording_trainer(smoke_model: Path, tmp_path: Path, method: str, rewards: 
 
     from cepo.data import to_conversational
     from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer
-    from cepo.integrations.trl.rewards import completion_text
     from cepo.integrations.trl.run import lora_config
     from cepo.testing import make_geo3k_like
+    from cepo.testing.trl_recording import RecordingMixin, lora_tensors
     from cepo.testing.trl_runs import tiny_run_settings
 
-    class Recording(CEPOTrainer):
-        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-            output = super()._generate_and_score_completions(inputs)
-            rollouts = self._cepo_rollouts
-            self.generated.append({
-                "output": {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in output.items()},
-                "prompts": rollouts["prompts"], "images": [list(x["images"]) for x in inputs],
-                "answers": [x["answer"] for x in inputs], "rewards": rollouts["rewards_per_func"].sum(dim=1),
-                "texts": [completion_text(c) for c in rollouts["completions"]],
-            })
-            return output
-
+    class Recording(RecordingMixin, CEPOTrainer):
         def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
             weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             loss = super()._compute_loss(model, inputs)
@@ -219,18 +203,9 @@ def _recording_trainer(smoke_model: Path, tmp_path: Path, method: str, rewards: 
 
         def _micro_batch_teacher_logits(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
             logits = super()._micro_batch_teacher_logits(model, inputs)
-            ema = _lora(self.model, "teacher") if self.ema_pairs is not None else None
+            ema = lora_tensors(self.model, "teacher") if self.ema_pairs is not None else None
             self.teacher_logits.append({"logits": logits.detach().clone(), "ema": ema})
             return logits
-
-        def _init_ema_teacher(self) -> None:
-            super()._init_ema_teacher()
-            self.student_history = [_lora(self.model, "default")]
-
-        def update_ema_teacher(self) -> None:
-            self.student_history.append(_lora(self.model, "default"))
-            super().update_ema_teacher()
-            self.ema_history.append(_lora(self.model, "teacher"))
 
     settings = tiny_run_settings(tmp_path, method, bf16=False, **extra)
     trainer = Recording(
@@ -238,7 +213,7 @@ def _recording_trainer(smoke_model: Path, tmp_path: Path, method: str, rewards: 
         args=CEPOGRPOConfig(**settings), train_dataset=to_conversational(make_geo3k_like(32)),
         processing_class=AutoProcessor.from_pretrained(smoke_model), peft_config=lora_config() if peft else None,
     )
-    trainer.generated, trainer.losses, trainer.teacher_logits, trainer.ema_history = [], [], [], []
+    trainer.losses, trainer.teacher_logits = [], []
     return trainer
 
 

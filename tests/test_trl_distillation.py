@@ -26,39 +26,17 @@ from cepo.algorithms import (
 from cepo.config import SDPO_TEMPLATE, CEPOConfig
 from cepo.data import to_conversational
 from cepo.integrations.trl import CEPOGRPOConfig, CEPOTrainer, make_math_reward
-from cepo.integrations.trl.rewards import completion_text
 from cepo.integrations.trl.trainer import EMA_ADAPTER, EMA_FILE
 from cepo.recipes import ConfigError, compose_method_config, configs_dir
 from cepo.teacher import build_teacher_inputs, teacher_logprobs, teacher_topk_logprobs
 from cepo.testing import make_geo3k_like
+from cepo.testing.trl_recording import RecordingMixin, clone, lora_tensors
 from cepo.testing.trl_runs import first_half_correct, tiny_run_settings
 
 K = 20
 
 
-def _clone(value: Any) -> Any:
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
-
-
-def _lora(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of ``adapter``, keyed by their name with the adapter replaced by ``default``."""
-    return {n.replace(f".{adapter}.", ".default."): p.detach().clone() for n, p in model.named_parameters()
-            if "lora_" in n and f".{adapter}." in n}
-
-
-class _Recording(CEPOTrainer):
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
-        rollouts = self._cepo_rollouts
-        self.generated.append({
-            "output": {k: _clone(v) for k, v in output.items()},
-            "prompts": rollouts["prompts"], "images": [list(x["images"]) for x in inputs],
-            "answers": [x["answer"] for x in inputs],
-            "texts": [completion_text(c) for c in rollouts["completions"]],
-            "rewards": rollouts["rewards_per_func"].sum(dim=1),
-        })
-        return output
-
+class _Recording(RecordingMixin, CEPOTrainer):
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         pg = None
         if self.cepo.distill.weight < 1.0:  # TRL's own loss at the same weights, for the (1 - w) PG + w distill check
@@ -66,30 +44,22 @@ class _Recording(CEPOTrainer):
                 pg = GRPOTrainer._compute_loss(self, model, inputs).detach()
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.keep_weights else None
         loss = super()._compute_loss(model, inputs)
-        self.losses.append({"inputs": {k: _clone(v) for k, v in inputs.items()}, "loss": loss.detach(), "pg": pg,
+        self.losses.append({"inputs": {k: clone(v) for k, v in inputs.items()}, "loss": loss.detach(), "pg": pg,
                             "weights": weights})
         return loss
 
-    # EMA bookkeeping: the trained adapter after every optimizer step, and what every teacher pass saw
-    def _init_ema_teacher(self) -> None:
-        super()._init_ema_teacher()
-        self.student_history = [_lora(self.model, "default")]
-
-    def update_ema_teacher(self) -> None:
-        self.student_history.append(_lora(self.model, "default"))
-        super().update_ema_teacher()
-
     def _teacher_passes(self, *args: Any, **kwargs: Any) -> None:
-        before = _lora(self.model, "default")
+        before = lora_tensors(self.model, "default")
         super()._teacher_passes(*args, **kwargs)
-        after = _lora(self.model, "default")
+        after = lora_tensors(self.model, "default")
         assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
 
     def _score_topk(self, batch: Any, real_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         result = super()._score_topk(batch, real_rows)
         if self.ema_pairs is not None:
             self.topk_calls.append({"batch": batch, "values": result[0].clone(), "adapter": self._active_adapter(),
-                                    "teacher": _lora(self.model, EMA_ADAPTER), "student": _lora(self.model, "default")})
+                                    "teacher": lora_tensors(self.model, EMA_ADAPTER),
+                                    "student": lora_tensors(self.model, "default")})
         return result
 
 
@@ -106,7 +76,7 @@ def _trainer(smoke_model: Path, tmp_path: Path, method: str, peft: bool = False,
         processing_class=AutoProcessor.from_pretrained(smoke_model),
         peft_config=lora_config() if peft else None,
     )
-    trainer.generated, trainer.losses, trainer.topk_calls, trainer.keep_weights = [], [], [], False
+    trainer.losses, trainer.topk_calls, trainer.keep_weights = [], [], False
     return trainer
 
 
@@ -251,11 +221,11 @@ def test_ema_teacher_lora_topk(smoke_model: Path, tmp_path: Path) -> None:
     history = trainer.student_history  # theta(0) (the first step), then theta after each optimizer step
     assert len(history) == steps + 1
     # (c) the weights moved (LoRA B starts at 0), through the top-k loss alone (w = 1)
-    final = _lora(model, "default")
+    final = lora_tensors(model, "default")
     assert any(not torch.equal(final[n], history[0][n]) for n in final)
     assert all(torch.isfinite(r["loss"]) for r in trainer.losses)
     # (d) closed form: theta_T = (1 - r)^N theta(0) + sum_n r (1 - r)^(N - n) theta(n)
-    teacher = _lora(model, EMA_ADAPTER)
+    teacher = lora_tensors(model, EMA_ADAPTER)
     assert teacher.keys() == final.keys()
     for name, value in teacher.items():
         expected = (1 - rate) ** steps * history[0][name].double()
@@ -300,7 +270,7 @@ def test_ema_teacher_lora_topk(smoke_model: Path, tmp_path: Path) -> None:
     resumed.train(resume_from_checkpoint=str(checkpoint))
     start, after = resumed.student_history
     assert all(torch.equal(start[n], final[n]) for n in final)  # the trained adapter came back from the checkpoint
-    for name, value in _lora(resumed.model, EMA_ADAPTER).items():
+    for name, value in lora_tensors(resumed.model, EMA_ADAPTER).items():
         expected = (1 - rate) * saved[name].double() + rate * after[name].double()
         torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
 
