@@ -19,6 +19,7 @@ import pytest
 import cepo
 
 PACKAGE_CONFIGS_DIR = Path(cepo.__file__).resolve().parent / "configs"
+ROOT = Path(__file__).resolve().parents[1]
 
 VERL_MAIN = [sys.executable, "-m", "cepo.integrations.verl.main"]
 CEPO_CLI = [sys.executable, "-m", "cepo.cli"]
@@ -119,6 +120,7 @@ def test_cepo_train_bad_override(in_tmp, capsys, overrides, fragments):
     assert code == 2 and line.startswith("cepo train: error:")
     for fragment in fragments:
         assert fragment in line, line
+    assert list(in_tmp.iterdir()) == []  # a failed start leaves nothing in the working directory
 
 
 @pytest.mark.parametrize(("overrides", "fragments"), [
@@ -246,3 +248,28 @@ def test_subprocess_cepo_train_yaml_error(tmp_path):
     line = _one_line(out.stderr)
     n = len((folder / "paper_base.yaml").read_text().splitlines())
     assert out.returncode == 2 and f"{folder / 'paper_base.yaml'}:{n}:" in line, line
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("engine", ["trl", pytest.param("verl", marks=pytest.mark.slow)])
+def test_failed_start_leaves_nothing_in_the_repository(tmp_path: Path, engine: str) -> None:
+    """Issue 17 §3: run from a copy of the repository's top folder (with the installed package's configs), a start
+    that fails on a missing data file writes nothing there: no ``outputs/`` of Hydra, no run or checkpoint folder.
+    verl's entry point does not read the data files before Ray starts: here it stops at the GPU check (0 GPUs)."""
+    repo = tmp_path / "repo"
+    for name in ("configs", "scripts", "pyproject.toml"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
+    before = _tree(repo)
+    bad = ["data.train_files=/nonexistent/train.parquet"]
+    if engine == "trl":
+        out = _run([*CEPO_CLI, "train", "--config", str(PACKAGE_CONFIGS_DIR / "cepo.yaml"), *bad], repo)
+        line = _one_line(out.stderr)
+        assert "data.train_files" in line and "/nonexistent/train.parquet" in line, line
+    else:
+        out = _run([*VERL_MAIN, "--config-name", "cepo", *bad], repo)
+        assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, out.stderr
+    assert _tree(repo) == before
