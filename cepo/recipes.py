@@ -285,9 +285,6 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 ENGINES = ("verl", "trl")
 
-TRL_ONLY_DISTILL = {"mode": "sampled_token", "teacher": "live"}
-"""``cepo.distill`` keys whose non-default values only the TRL engine runs (top-k divergence loss, EMA LoRA teacher),
-with the value verl runs."""
 
 
 def validate_method_config(cfg: DictConfig, engine: str = "verl") -> CEPOConfig:
@@ -297,7 +294,7 @@ def validate_method_config(cfg: DictConfig, engine: str = "verl") -> CEPOConfig:
     that ``algorithm.adv_estimator`` names the same method as ``cepo.method``, the verl keys the
     paper setup depends on (group size, batch sizes, lengths, LoRA, learning rate, temperature), and
     the verl features the teacher-pass methods cannot honour (KL in the reward, multi-turn rollouts), and, for
-    ``engine="verl"``, the TRL-only ``cepo.distill`` settings (:data:`TRL_ONLY_DISTILL`).
+    ``engine="verl"``, what OPSD's / SDPO's teachers need of verl's actor (:func:`_check_verl_distillation`).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -341,11 +338,8 @@ def validate_method_config(cfg: DictConfig, engine: str = "verl") -> CEPOConfig:
         _check_teacher_pass_features(cfg, estimator)
     if get_method(estimator).one_update_per_rollout:
         _check_one_update_per_rollout(cfg, estimator)
-    if engine == "verl":
-        for key, supported in TRL_ONLY_DISTILL.items():
-            value = getattr(cepo.distill, key)
-            _require(value == supported, f"cepo.distill.{key}",
-                     f"{value} runs on the TRL engine only (cepo train); verl runs cepo.distill.{key}={supported}")
+    if engine == "verl" and get_method(estimator).distill_teacher is not None:
+        _check_verl_distillation(cfg, cepo)
     if cepo.teacher_max_prompt_length is not None:
         max_prompt = OmegaConf.select(cfg, "data.max_prompt_length")
         _require(cepo.teacher_max_prompt_length >= max_prompt, "cepo.teacher_max_prompt_length",
@@ -382,6 +376,38 @@ def _check_one_update_per_rollout(cfg: DictConfig, estimator: str) -> None:
     entropy = OmegaConf.select(cfg, "actor_rollout_ref.actor.entropy_coeff", default=0)
     _require(not entropy, "actor_rollout_ref.actor.entropy_coeff",
              f"must be 0 {exact}: the entropy bonus adds a gradient that is not ConSPO's, got {entropy}; set it to 0")
+
+
+def _check_verl_distillation(cfg: DictConfig, cepo: CEPOConfig) -> None:
+    """OPSD / SDPO on verl (``cepo.integrations.verl.distill_worker``): a fixed or EMA teacher is the LoRA adapter
+    disabled or averaged, so it needs LoRA; top-k / full mode runs the teacher's forward on the micro-batch's own image
+    inputs and reads the student's logits through verl's logits-processor hook, which sees the whole sequence only
+    without Ulysses sequence parallelism, fused kernels or a static packing pad."""
+    distill = cepo.distill
+    if distill.teacher in ("fixed", "ema"):
+        rank = OmegaConf.select(cfg, "actor_rollout_ref.model.lora_rank", default=0) or 0
+        _require(int(rank) > 0, "cepo.distill.teacher",
+                 f"{distill.teacher} needs a LoRA actor on verl (the teacher is the model with its adapter "
+                 f"{'disabled' if distill.teacher == 'fixed' else 'averaged'}, not a second full model); set "
+                 "actor_rollout_ref.model.lora_rank > 0 or cepo.distill.teacher=live")
+    if distill.mode == "sampled_token":
+        return
+    _require(cepo.teacher_sees_image, "cepo.teacher_sees_image",
+             f"must be true with cepo.distill.mode={distill.mode}: the teacher's forward in each loss micro-batch "
+             "reuses the micro-batch's image inputs; set it to true or cepo.distill.mode=sampled_token")
+    actor = "actor_rollout_ref.actor"
+    sp = OmegaConf.select(cfg, f"{actor}.ulysses_sequence_parallel_size", default=1) or 1
+    _require(int(sp) == 1, f"{actor}.ulysses_sequence_parallel_size",
+             f"must be 1 with cepo.distill.mode={distill.mode} (each rank must hold whole sequences for the teacher's "
+             f"forward and the divergence), got {sp}; or cepo.distill.mode=sampled_token")
+    fused = OmegaConf.select(cfg, "actor_rollout_ref.model.use_fused_kernels", default=False)
+    _require(not fused, "actor_rollout_ref.model.use_fused_kernels",
+             f"must be false with cepo.distill.mode={distill.mode} (fused kernels never build the student's logits "
+             "that the divergence needs)")
+    strategy = OmegaConf.select(cfg, f"{actor}.strategy", default="fsdp")
+    _require(strategy in ("fsdp", "fsdp2"), f"{actor}.strategy",
+             f"must be fsdp or fsdp2 with cepo.distill.mode={distill.mode} (cepo's micro-batch teacher runs on verl's "
+             f"FSDP engine), got {strategy!r}")
 
 
 def _check_teacher_pass_features(cfg: DictConfig, estimator: str) -> None:

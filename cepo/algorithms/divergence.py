@@ -446,21 +446,90 @@ def logits_distillation_loss(
     """
     mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature)
     _check_pair(student_logits, teacher_logits, "_logits", "(B, T, V) at the same positions", support)
+    teacher = teacher_logits.detach()
+    divergence_of = _logits_divergence(student_logits, lambda start, end: teacher[:, start:end], alpha, topk,
+                                       support, tail, temperature)
+    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size)
+
+
+def _logits_divergence(
+    student_logits: torch.Tensor, teacher_chunk: Callable[[int, int], torch.Tensor], alpha: float,
+    topk: int | None, support: str, tail: bool, temperature: float,
+) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+    """The per-chunk divergence of :func:`logits_distillation_loss` (``divergence_of`` of
+    :func:`_chunked_masked_loss`), reading the teacher's logits of positions ``start:end`` from ``teacher_chunk``."""
     vocab = student_logits.shape[-1]
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= vocab):
         raise ValueError(f"topk must be an int in [1, {vocab}] or None (the full vocabulary), got {topk!r}")
     _check_alpha(alpha)
     dtype = _compute_dtype(student_logits)
-    teacher = teacher_logits.detach()
 
     def divergence_of(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         student_lp = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
-        teacher_lp = torch.log_softmax(teacher[:, start:end].to(dtype) / temperature, dim=-1)
+        teacher_lp = torch.log_softmax(teacher_chunk(start, end).to(dtype) / temperature, dim=-1)
         if topk is None:
             return token_divergence(student_lp, teacher_lp, alpha)
         return topk_divergence(student_lp, teacher_lp, topk, alpha, support=support, tail=tail)
 
-    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size)
+    return divergence_of
+
+
+def packed_logits_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_index: torch.Tensor,
+    loss_mask: torch.Tensor,
+    alpha: float,
+    normalizer: float | torch.Tensor,
+    topk: int | None = None,
+    support: str = "student",
+    tail: bool = False,
+    is_weight: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`logits_distillation_loss` on packed sequences (verl's remove-padding layout): the student's logits of
+    every position of a micro-batch's concatenated sequences, the teacher's of its own (differently long) sequences,
+    and for each student position the row of the teacher position that predicts the same response token.
+
+    Chunked over the N student positions like :func:`logits_distillation_loss` (chunks without a masked position are
+    skipped); each chunk gathers only its own teacher rows, so besides the two forwards' logits and the student
+    logits' gradient only (chunk, V) temporaries exist.
+
+    Args:
+        student_logits: (N, V) or (1, N, V) student logits (any float dtype); carries the gradient.
+        teacher_logits: (M, V) teacher logits (a constant: detached here).
+        teacher_index: (N,) integer row of ``teacher_logits`` for each student position where ``loss_mask`` is set
+            (any value elsewhere).
+        loss_mask: (N,) 0/1 or bool: the positions predicting a response token of a row that has a teacher.
+        alpha, normalizer, topk, support, tail, temperature, chunk_size: as :func:`logits_distillation_loss`.
+        is_weight: optional (N,) constant per-position weights (SDPO's clipped importance ratio).
+
+    Returns:
+        ``(loss, per_token)``: the scalar loss (with gradient) and the (N,) detached divergences (0 off the mask).
+    """
+    logits = student_logits.unsqueeze(0) if student_logits.dim() == 2 else student_logits
+    if logits.dim() != 3 or logits.shape[0] != 1:
+        raise ValueError(f"student_logits must be (N, V) or (1, N, V), got {tuple(student_logits.shape)}")
+    n, vocab = logits.shape[1], logits.shape[2]
+    if teacher_logits.dim() != 2 or teacher_logits.shape[-1] != vocab:
+        raise ValueError(f"teacher_logits must be (M, V) with V = {vocab}, got {tuple(teacher_logits.shape)}")
+    for name, tensor in (("teacher_index", teacher_index), ("loss_mask", loss_mask)):
+        if tuple(tensor.shape) != (n,):
+            raise ValueError(f"{name} must be (N,) with N = {n} student positions, got {tuple(tensor.shape)}")
+    if is_weight is not None and tuple(is_weight.shape) != (n,):
+        raise ValueError(f"is_weight must be (N,) with N = {n}, got {tuple(is_weight.shape)}")
+    mask = _check_loss_inputs(logits, loss_mask.unsqueeze(0), normalizer,
+                              None if is_weight is None else is_weight.unsqueeze(0), temperature)
+    rows = torch.where(mask[0], teacher_index.long(), torch.zeros_like(teacher_index, dtype=torch.long))
+    if bool(mask.any()) and (int(rows[mask[0]].min()) < 0 or int(rows[mask[0]].max()) >= teacher_logits.shape[0]):
+        raise ValueError(f"teacher_index must lie in [0, {teacher_logits.shape[0]}) on the masked positions")
+    teacher = teacher_logits.detach()
+    divergence_of = _logits_divergence(logits, lambda start, end: teacher[rows[start:end]].unsqueeze(0), alpha,
+                                       topk, support, tail, temperature)
+    loss, per_token = _chunked_masked_loss(divergence_of, logits, mask, normalizer,
+                                           None if is_weight is None else is_weight.unsqueeze(0), chunk_size)
+    return loss, per_token[0]
 
 
 def sampled_token_logps(

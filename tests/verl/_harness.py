@@ -8,6 +8,7 @@ What is doubled, and why: test_verl_trainer_cpu.py's module docstring.
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -35,14 +36,19 @@ def config(tiny_vl_dir, overrides=(), method="cepo", use_remove_padding=False):
     ])
 
 
-def worker_group(cfg, model):
-    """verl's real actor worker/engine call path on CPU, behind a 2-rank in-process WorkerGroup."""
+def worker_group(cfg, model, worker_cls=None, dp=DP, optimizer=None):
+    """verl's real actor worker/engine call path on CPU, behind a ``dp``-rank in-process WorkerGroup of ``worker_cls``
+    (verl's ``ActorRolloutRefWorker`` by default). With ``optimizer`` (over ``model``'s trainable parameters) the
+    engine can also train: verl's ``update_actor`` -> ``train_mini_batch`` -> ``train_batch`` with ``ppo_loss``."""
     import ray
     from verl.single_controller.base.worker_group import WorkerGroup
     from verl.single_controller.ray.base import func_generator
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
     from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
+    from verl.workers.utils.losses import ppo_loss
+
+    worker_cls = worker_cls or ActorRolloutRefWorker
 
     actor_cfg = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     model_cfg = omega_conf_to_dataclass(cfg.actor_rollout_ref.model)
@@ -52,16 +58,26 @@ def worker_group(cfg, model):
     engine_cfg.infer_max_token_len_per_gpu = rollout.log_prob_max_token_len_per_gpu
     engine_cfg.infer_micro_batch_size_per_gpu = rollout.log_prob_micro_batch_size_per_gpu
     engine_cfg.use_remove_padding = model_cfg.get("use_remove_padding", False)
+    engine_cfg.micro_batch_size_per_gpu = cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu
+    engine_cfg.max_token_len_per_gpu = cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu
     engine = FSDPEngineWithLMHead(model_cfg, engine_cfg, actor_cfg.optim, actor_cfg.checkpoint)
     engine.module = model  # FSDPEngine.initialize() would FSDP-wrap it on a CUDA mesh
     engine._autocast_dtype = torch.float32
 
     training = object.__new__(TrainingWorker)
     training.model_config, training.engine_config, training.engine = model_cfg, engine_cfg, engine
-    training.device_name, training.flops_counter, training.loss_fn = "cpu", None, None
+    training.device_name = "cpu"
+    # verl's FlopsCounter needs a GPU's peak; a zero estimate keeps the metric verl's trainer reads (perf/mfu)
+    training.flops_counter = types.SimpleNamespace(estimate_flops=lambda *a, **k: (0.0, 1.0))
+    training.loss_fn = functools.partial(ppo_loss, config=actor_cfg)  # as ActorRolloutRefWorker.init_model sets it
+    training.profiler = types.SimpleNamespace(rank=0, step=lambda: None, check_enable=lambda: False,  # verl's: off
+                                              check_this_step=lambda: False, check_this_rank=lambda: False)
+    if optimizer is not None:
+        engine.optimizer = optimizer
+        engine.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
     def rank(r):
-        worker = object.__new__(ActorRolloutRefWorker)
+        worker = object.__new__(worker_cls)
         worker.actor, worker.enable_routing_replay = training, False
         worker._Worker__dispatch_dp_rank = {"actor": r}
         worker._Worker__collect_dp_rank = {"actor": True}
@@ -72,7 +88,7 @@ def worker_group(cfg, model):
             super().__init__(resource_pool=None)
             self._workers = workers
             self.log_prob_calls: list[tuple[str, list[str]]] = []  # (partition, keys) per compute_log_prob
-            self._bind_worker_method(ActorRolloutRefWorker, func_generator)
+            self._bind_worker_method(worker_cls, func_generator)
             bound = self.compute_log_prob
 
             def compute_log_prob(meta, **kwargs):
@@ -101,7 +117,7 @@ def worker_group(cfg, model):
         def execute_rank_zero(self, method_name, *args, **kwargs):
             return self._run(self._workers[0], method_name, args, kwargs)
 
-    return LocalWorkerGroup([rank(r) for r in range(DP)])
+    return LocalWorkerGroup([rank(r) for r in range(dp)])
 
 
 def put_rollouts(processor, tokenizer, geo, prefix, responses=RESPONSES, scores=SCORES, chat_template_kwargs=None):

@@ -19,6 +19,7 @@ from cepo.algorithms import (
     CreditInputs,
     compute_token_advantages,
     get_method,
+    loss_teacher,
     rollout_scores,
     sequence_advantages,
     teacher_passes,
@@ -83,7 +84,8 @@ def apply_token_credit(
     """
     spec = get_method(cepo.method)
     lam = cepo.schedule(step)
-    kinds = teacher_passes(cepo.method, lam)
+    # top-k / full mode: the divergence is the workers' loss term; the advantage is GRPO's (its PG share)
+    kinds = () if loss_teacher(cepo.method, cepo.distill.mode) is not None else teacher_passes(cepo.method, lam)
     metrics: dict[str, float] = {"cepo/lambda": float(lam)}
     if teacher_seconds is not None:
         metrics["cepo/teacher_time_s"] = float(teacher_seconds)
@@ -125,6 +127,7 @@ def apply_token_credit(
         has_teacher=flag(HAS_TEACHER_KEY),
         num_tokens=int(mask.sum()),
         options=options,
+        distill_mode=cepo.distill.mode,
     )
     if "neg" in kinds and inputs.has_negative is None:
         raise KeyError(f"apply_token_credit needs data.non_tensor_batch[{HAS_NEG_KEY!r}] for method {cepo.method!r}")

@@ -37,7 +37,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from cepo.algorithms import get_method, group_advantages, plan_teacher_passes, teacher_passes
+from cepo.algorithms import get_method, group_advantages, loss_teacher, plan_teacher_passes, teacher_passes
 from cepo.algorithms.metrics import logged_metrics
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
@@ -46,6 +46,12 @@ from cepo.integrations.verl.credit import (
     KIND_KEYS,
     apply_token_credit,
     ground_truths_of,
+)
+from cepo.integrations.verl.distill_worker import (
+    TEACHER_IDS_KEY,
+    TEACHER_POSITIONS_KEY,
+    CEPOActorRolloutRefWorker,
+    WorkerDistill,
 )
 from cepo.integrations.verl.estimators import cepo_trainer_advantage  # also registers our estimators
 from cepo.integrations.verl.plugin import require_workers_fix
@@ -95,6 +101,31 @@ class CEPOTrainerSync(PPOTrainerSync):
         super().__init__(config)
         self.cepo: CEPOConfig = cepo_config_from(config)
         self._cepo_teacher_seconds: float | None = None
+
+    # -- OPSD / SDPO on the actor workers (cepo.integrations.verl.distill_worker) ---------------------
+    def _init_resource_pool_mgr(self) -> None:
+        """verl's mapping, with cepo's actor worker (fixed / EMA teachers, the micro-batch teacher of top-k / full
+        mode) in place of verl's ``ActorRolloutRefWorker``, as verl's ``trainer_separate_async`` swaps in its own."""
+        import ray
+        from verl.trainer.ppo.utils import Role
+
+        super()._init_resource_pool_mgr()
+        for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(CEPOActorRolloutRefWorker)
+
+    def _load_checkpoint(self) -> Any:
+        """Before verl loads a checkpoint (the last step of its set-up, once the workers exist): send the workers
+        OPSD's / SDPO's teacher settings (``cepo_setup``), so that a resumed EMA teacher is loaded into them."""
+        cepo = cepo_config_from(self.config)
+        if get_method(cepo.method).distill_teacher is not None:
+            self.actor_rollout_wg.cepo_setup(WorkerDistill.from_cepo(cepo))
+        return super()._load_checkpoint()
+
+    def _teacher_in_loss(self) -> bool:
+        """OPSD / SDPO in ``topk`` / ``full`` mode: the divergence is a loss term and the teacher's forward runs in each
+        loss micro-batch on the workers (the trainer only writes the teacher sequences)."""
+        return loss_teacher(self.cepo.method, self.cepo.distill.mode) is not None
 
     # ----------------------------------------------------------------------------------------------
     def _cepo_step(self) -> int:
@@ -167,6 +198,9 @@ class CEPOTrainerSync(PPOTrainerSync):
         )
         # every teacher context in one batch: a single call to the actor workers
         jobs = [(real[j], kind, hint) for kind, j, hint in plan.jobs]  # (batch row, kind, hint)
+        if self._teacher_in_loss():
+            self._write_teacher_sequences(batch, jobs, responses, raw_prompts, mm_inputs, kinds, plan, real)
+            return batch
         logps = self._teacher_log_probs(batch, jobs, responses, raw_prompts, mm_inputs, kinds) if jobs else []
 
         rows = {kind: [torch.zeros(responses[i].numel(), dtype=torch.float32) for i in range(n)] for kind in kinds}
@@ -187,11 +221,45 @@ class CEPOTrainerSync(PPOTrainerSync):
         self._cepo_teacher_seconds = time.perf_counter() - start
         return batch
 
+    def _write_teacher_sequences(
+        self, batch: Any, jobs: list[tuple[int, str, str]], responses: list[Any], raw_prompts: list[Any],
+        mm_inputs: list[Any], kinds: tuple[str, ...], plan: Any, real: list[int],
+    ) -> None:
+        """Top-k / full mode: put each rollout's teacher sequence ``[teacher prompt | response]`` and its positions
+        beside it in TransferQueue (the workers run the teacher's forward in each loss micro-batch); a row without a
+        teacher carries its own sequence (masked out of the loss) and ``cepo_has_teacher = False``."""
+        n = len(batch)
+        own = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                              select_fields=["input_ids", "position_ids"])
+        ids = [own["input_ids"][i] for i in range(n)]
+        positions = [own["position_ids"][i] for i in range(n)]
+        if jobs:
+            built = build_teacher_rows(
+                self.processor if self.processor is not None else self.tokenizer,
+                [raw_prompts[i] for i, _, _ in jobs], [hint for _, _, hint in jobs], [responses[i] for i, _, _ in jobs],
+                [mm_inputs[i] for i, _, _ in jobs], self.cepo.template_for(kinds), self.cepo.teacher_sees_image,
+                self._rope_index_fn(), self.cepo.teacher_max_prompt_length, row_ids=[i for i, _, _ in jobs],
+                chat_template_kwargs=self._chat_template_kwargs(),
+            )
+            for (i, _, _), row in zip(jobs, built, strict=True):
+                ids[i], positions[i] = row.input_ids, row.position_ids
+        flags = torch.zeros(n, dtype=torch.bool)
+        for j, i in enumerate(real):
+            flags[i] = bool(plan.has_teacher[j])
+        write = {
+            TEACHER_IDS_KEY: torch.nested.as_nested_tensor(ids, layout=torch.jagged),
+            TEACHER_POSITIONS_KEY: torch.nested.as_nested_tensor(positions, layout=torch.jagged),
+            HAS_TEACHER_KEY: flags,
+        }
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(write, batch_size=n))
+        self._cepo_teacher_seconds = None
+
     def _teacher_log_probs(
         self, batch: Any, jobs: list[tuple[int, str, str]], responses: list[Any], raw_prompts: list[Any],
         mm_inputs: list[Any], kinds: tuple[str, ...],
     ) -> list[torch.Tensor]:
-        """Score every (row, kind, hint) job on the actor workers in one ``compute_log_prob`` call."""
+        """Score every (row, kind, hint) job on the actor workers in one ``compute_log_prob`` call (under a fixed or EMA
+        teacher's weights: the worker's ``cepo_teacher_log_prob``)."""
         rope = self._rope_index_fn()
         processing = self.processor if self.processor is not None else self.tokenizer
         rows = [nested_row_fields(row) for row in build_teacher_rows(
@@ -221,7 +289,10 @@ class CEPOTrainerSync(PPOTrainerSync):
             "compute_loss": False,
             "temperature": self.config.actor_rollout_ref.rollout.temperature,
         })
-        self.actor_rollout_wg.compute_log_prob(meta)
+        if self.cepo.distill.teacher != "live" and get_method(self.cepo.method).distill_teacher is not None:
+            self.actor_rollout_wg.cepo_teacher_log_prob(meta)
+        else:
+            self.actor_rollout_wg.compute_log_prob(meta)
         out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
         # the worker's log_probs cover the whole sequence (shifted by one); keep the response part
         response_logps = response_from_nested(out["log_probs"], out["response_mask"])
@@ -238,8 +309,10 @@ class CEPOTrainerSync(PPOTrainerSync):
         if not kinds and spec.sequence_advantage == "grpo":
             metrics.update(logged_metrics(self.cepo.method, {"cepo/lambda": float(self.cepo.schedule(step))}))
             return batch
-        fields = ["advantages", "returns", "response_mask", "old_log_probs", *(KIND_KEYS[k] for k in kinds)]
-        flags = [HAS_NEG_KEY, HAS_TEACHER_KEY] if kinds else []
+        in_loss = self._teacher_in_loss()
+        scored = () if in_loss else kinds  # top-k / full mode scores no teacher log-probs (the workers' loss does)
+        fields = ["advantages", "returns", "response_mask", "old_log_probs", *(KIND_KEYS[k] for k in scored)]
+        flags = [HAS_NEG_KEY, HAS_TEACHER_KEY] if scored else ([HAS_TEACHER_KEY] if kinds else [])
         if spec.sequence_advantage == "conspo":
             fields += ["rm_scores", "uid"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields + flags)
@@ -252,6 +325,12 @@ class CEPOTrainerSync(PPOTrainerSync):
         metrics.update(apply_token_credit(proto, self.cepo, step, teacher_seconds=self._cepo_teacher_seconds,
                                           progress=step / max(1, total)))
         output = {k: response_to_nested(proto.batch[k], response_mask) for k in ("advantages", "returns")}
+        if spec.distill_teacher is not None and not in_loss and self.cepo.distill.weight == 1.0 and kinds:
+            # pure sampled-token distillation: rows without a teacher (advantage 0) leave the token-mean's denominator
+            # (verl counts loss_mask), as SDPO's self_distillation_mask; the workers' loss does the same in top-k/full
+            has_teacher = torch.as_tensor(non_tensor[HAS_TEACHER_KEY], dtype=torch.bool)
+            loss_mask = proto.batch["response_mask"] * has_teacher.unsqueeze(-1).to(proto.batch["response_mask"].dtype)
+            output["loss_mask"] = response_to_nested(loss_mask, response_mask)
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                         fields=TensorDict(output, batch_size=len(batch)))
         return batch
