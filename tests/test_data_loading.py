@@ -100,6 +100,20 @@ def test_empty_files_are_named(tmp_path: Path) -> None:
         load_train_dataset(str(tmp_path / "absent.parquet"))
 
 
+def test_read_data_file_prints_nothing_of_its_own(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The error is the caller's one line: ``datasets`` neither logs its own copy of a JSON parse error (on stderr and
+    again through the root logger, which verl configures) nor draws a "Generating train split" bar on a first read."""
+    (tmp_path / "broken.jsonl").write_text('{"problem": "x", "answer": "1"}\n{"problem": \n')
+    make_geo3k_like(2).to_parquet(str(tmp_path / "first_read.parquet"))  # a new file: not in datasets' cache
+    capfd.readouterr()
+    with caplog.at_level("DEBUG"), pytest.raises(ValueError, match=r"broken\.jsonl' could not be read as json"):
+        read_data_file(tmp_path / "broken.jsonl", label="data file")
+    assert len(read_data_file(tmp_path / "first_read.parquet")) == 2
+    assert capfd.readouterr().err == ""
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 30], caplog.records
+
+
 def _bad_image_files(tmp_path: Path) -> tuple[Path, Path]:
     """A parquet whose row 1 holds random bytes as its image, and a JSONL whose row 3 names a missing file."""
     ds = make_geo3k_like(4)

@@ -8,6 +8,9 @@ rows, an unsupported extension, a file that is not what its extension says.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,25 @@ _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow":
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No output of ``datasets``' own while it reads a file: no "Generating train split" bar, and no logged copy of
+    a parse error (datasets logs it on stderr, and once more through the root logger where verl configured one),
+    which :func:`read_data_file` reports in its own one line."""
+    from datasets.utils import logging as ds_logging
+
+    logger = logging.getLogger("datasets")
+    level, bar = logger.level, ds_logging.is_progress_bar_enabled()
+    logger.setLevel(logging.CRITICAL)
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar:
+            ds_logging.enable_progress_bar()
 
 
 def _from_disk(path: Path, label: str, split: str) -> Any:
@@ -72,7 +94,8 @@ def read_data_file(path: str | Path, label: str = "data file", split: str = "tra
         elif builder == "json" and not read_utf8(p, label).strip():  # pyarrow's reader lets bad bytes through
             raise ValueError(f"{label} {shown!r} is empty (only whitespace)")
         try:
-            dataset = datasets.load_dataset(builder, data_files=str(p), split="train")
+            with _quiet_datasets():
+                dataset = datasets.load_dataset(builder, data_files=str(p), split="train")
         except Exception as err:
             cause = err.__cause__ or err.__context__ or err
             raise ValueError(f"{label} {shown!r} could not be read as {builder} ({_first_line(cause)})") from None
