@@ -162,13 +162,33 @@ def test_sdpo_demonstrations_drop_thinking_and_self() -> None:
 
 
 def test_config_values_and_verl_refusals() -> None:
-    """The new values are accepted on TRL and refused by verl in one line naming the key; bad values name theirs."""
+    """The YAMLs' defaults are the authors' recipes and compose, unchanged, for both engines; what verl's actor cannot
+    do with them is refused in one line naming the key and the fix; bad values name theirs."""
     from cepo.integrations.trl.from_config import compose
 
-    for key, value in (("mode", "full"), ("teacher", "fixed")):
-        with pytest.raises(ConfigError, match=rf"^cepo\.distill\.{key}: {value} runs on the TRL engine only"):
-            compose_method_config("opsd", [f"cepo.distill.{key}={value}"])
-        assert compose(configs_dir() / "opsd.yaml", [f"cepo.distill.{key}={value}"]).cepo.distill[key] == value
+    opsd, sdpo = compose_method_config("opsd", []), compose_method_config("sdpo", [])  # verl, validated
+    assert {k: opsd.cepo.distill[k] for k in ("mode", "teacher", "alpha", "is_clip", "weight")} == {
+        "mode": "full", "teacher": "fixed", "alpha": 0.5, "is_clip": None, "weight": 1.0}
+    assert {k: sdpo.cepo.distill[k] for k in ("mode", "support", "topk", "tail", "teacher", "ema_rate", "is_clip")} == {
+        "mode": "topk", "support": "student", "topk": 100, "tail": True, "teacher": "ema", "ema_rate": 0.05,
+        "is_clip": 2.0}
+    assert sdpo.actor_rollout_ref.actor.ppo_mini_batch_size == sdpo.data.train_batch_size
+    assert sdpo.algorithm.norm_adv_by_std_in_grpo is False
+    for name, cfg in (("opsd", opsd), ("sdpo", sdpo)):
+        assert dict(compose(configs_dir() / f"{name}.yaml", []).cepo.distill) == dict(cfg.cepo.distill)
+    for method, override, message in [
+        ("opsd", "actor_rollout_ref.model.lora_rank=0", r"^cepo\.distill\.teacher: fixed needs a LoRA actor on verl"),
+        ("sdpo", "actor_rollout_ref.model.lora_rank=0", r"^cepo\.distill\.teacher: ema needs a LoRA actor on verl"),
+        ("sdpo", "cepo.teacher_sees_image=false", r"^cepo\.teacher_sees_image: must be true with cepo\.distill\.mode"),
+        ("opsd", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+         r"^actor_rollout_ref\.actor\.ulysses_sequence_parallel_size: must be 1 with cepo\.distill\.mode=full"),
+        ("opsd", "actor_rollout_ref.model.use_fused_kernels=true",
+         r"^actor_rollout_ref\.model\.use_fused_kernels: must be false"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            compose_method_config(method, [override])
+    live = compose_method_config("opsd", ["actor_rollout_ref.model.lora_rank=0", "cepo.distill.teacher=live"])
+    assert live.cepo.distill.teacher == "live"  # full fine-tuning with the live teacher runs
     from cepo.integrations.trl.from_config import trl_args
 
     sdpo = ["cepo.distill.mode=topk", "cepo.distill.support=student", "cepo.distill.teacher=ema"]

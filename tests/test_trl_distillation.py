@@ -324,15 +324,16 @@ def test_topk_loss_math_and_declarations() -> None:
 
 
 def test_bad_configs(smoke_model: Path, tmp_path: Path) -> None:
-    """(e) verl refuses top-k and the EMA teacher at validation (the TRL YAML path accepts them); bad values name
-    their key; an EMA teacher without a PEFT LoRA model is refused at start-up."""
+    """(e) top-k and the EMA teacher (sdpo.yaml's defaults) compose for both engines; without LoRA verl refuses the
+    EMA teacher in one line; bad values name their key; an EMA teacher without a PEFT LoRA model is refused at
+    start-up."""
     from cepo.integrations.trl.from_config import compose
 
     for key, value in (("mode", "topk"), ("teacher", "ema")):
-        override = [f"cepo.distill.{key}={value}"]
-        with pytest.raises(ConfigError, match=rf"^cepo\.distill\.{key}: {value} runs on the TRL engine only"):
-            compose_method_config("sdpo", override)
-        assert compose(configs_dir() / "sdpo.yaml", override).cepo.distill[key] == value
+        assert compose_method_config("sdpo", []).cepo.distill[key] == value
+        assert compose(configs_dir() / "sdpo.yaml", []).cepo.distill[key] == value
+    with pytest.raises(ConfigError, match=r"^cepo\.distill\.teacher: ema needs a LoRA actor on verl"):
+        compose_method_config("sdpo", ["actor_rollout_ref.model.lora_rank=0"])
     for bad, message in [({"mode": "vocab"}, r"cepo\.distill\.mode must be one of"),
                          ({"topk": 0}, r"cepo\.distill\.topk must be >= 1"),
                          ({"alpha": 1.5}, r"cepo\.distill\.alpha must be in \[0, 1\]"),

@@ -76,7 +76,8 @@ def test_paper_shared_setup(composed):
         assert cfg.data.max_response_length == 2048 and cfg.trainer.total_training_steps == 50
         assert arr.actor.optim.lr_scheduler_type == "cosine" and arr.actor.optim.lr_warmup_steps == 5
         assert arr.actor.optim.lr == {"cepo": 5e-6, "conspo": 2e-6}.get(method, 1e-6)  # CEPO's and ConSPO's papers
-        assert arr.actor.ppo_mini_batch_size == (32 if method == "conspo" else 16)  # ConSPO: one step per rollout
+        # ConSPO (no importance ratio) and SDPO (its authors' layout): one optimizer step per rollout batch
+        assert arr.actor.ppo_mini_batch_size == (32 if method in ("conspo", "sdpo") else 16)
         assert "Qwen3-VL" in arr.model.path
         assert (cfg.data.prompt_key, cfg.data.image_key) == ("prompt", "images")
     cepo = composed["cepo"].cepo

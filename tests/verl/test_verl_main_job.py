@@ -56,12 +56,19 @@ METHODS_DEFAULT = ("cepo",)
 METHODS_SLOW = ("grpo", "rlsd", "opsd", "sdpo", "conspo")
 LAM0, WARMUP = 0.5, 25  # paper_base.yaml: cepo.lam0, cepo.warmup_steps (linear schedule)
 RUN_TIMEOUT_S = 900
-NEED_A_SUCCESS = ("sdpo", "conspo")  # their advantage needs a rollout with reward >= 0.5, which no rollout here has
+NEED_A_SUCCESS = ("sdpo", "conspo")  # their signal needs a rollout with reward >= 0.5: they train on data_successes
+LORA = ("opsd", "sdpo")  # their YAMLs' teachers (fixed, EMA) are the LoRA adapter disabled / averaged
 
 
 @pytest.fixture(scope="module")
 def job_inputs(tmp_path_factory) -> dict[str, Path]:
-    """The tiny Qwen3-VL checkpoint and the Geo3k-shaped parquet files, written by ``scripts/prepare_geo3k.py``."""
+    """The tiny Qwen3-VL checkpoint and the Geo3k-shaped parquet files, written by ``scripts/prepare_geo3k.py``;
+    ``data_successes``: the same problems with every training answer set to 1, which the rollout shim's first scripted
+    answer per prompt (``\\boxed{1}``) gets right, so each group of step 1 (and of a resumed run's first step) has a
+    success and a failure (SDPO's demonstrations, ConSPO's positives)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from cepo.testing import save_tiny_qwen3vl, write_geo3k_parquet
 
     root = tmp_path_factory.mktemp("verl_main_job")
@@ -73,11 +80,20 @@ def job_inputs(tmp_path_factory) -> dict[str, Path]:
     spec.loader.exec_module(prepare)
     data = root / "data"
     assert prepare.main(["--dataset", str(source), "--local-dir", str(data)]) == 0
-    return {"model": model, "data": data}
+    table = pq.read_table(source / "train.parquet")
+    column = table.schema.get_field_index("answer")
+    pq.write_table(table.set_column(column, "answer", pa.array(["1"] * table.num_rows)), source / "train.parquet")
+    successes = root / "data_successes"
+    assert prepare.main(["--dataset", str(source), "--local-dir", str(successes)]) == 0
+    return {"model": model, "data": data, "data_successes": successes}
 
 
 def _run(method: str, inputs: dict[str, Path], run_dir: Path, steps: int, log: Path) -> list[dict]:
-    """One ``python -m cepo.integrations.verl.main`` run; returns the file logger's records."""
+    """One ``python -m cepo.integrations.verl.main`` run; returns the file logger's records. OPSD and SDPO run their
+    YAMLs' fixed / EMA teachers, which need LoRA: merged into the weights the HF rollout gets (``lora.merge``)."""
+    data = inputs["data_successes" if method in NEED_A_SUCCESS else "data"]
+    lora = (["actor_rollout_ref.model.lora_rank=4", "actor_rollout_ref.model.lora_alpha=8",
+             "actor_rollout_ref.model.lora.merge=true"] if method in LORA else ["actor_rollout_ref.model.lora_rank=0"])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "VERL_USE_EXTERNAL_MODULES": "cepo.testing.verl_cpu", "VERL_PLATFORM": "cepo_cpu",
            "VERL_ENGINE_DEVICE": "cuda", "VERL_ENGINE_VENDOR": "nvidia", "CEPO_CPU_ROLLOUT_BOXED_EVERY": "2",
@@ -85,7 +101,7 @@ def _run(method: str, inputs: dict[str, Path], run_dir: Path, steps: int, log: P
     env.pop("RAY_ADDRESS", None)
     overrides = [
         f"actor_rollout_ref.model.path={inputs['model']}",
-        f"data.train_files={inputs['data'] / 'train.parquet'}", f"data.val_files={inputs['data'] / 'test.parquet'}",
+        f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'test.parquet'}",
         "data.train_batch_size=2", "data.max_prompt_length=256", "data.max_response_length=16",
         "data.shuffle=false", "data.dataloader_num_workers=0",
         "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
@@ -94,7 +110,7 @@ def _run(method: str, inputs: dict[str, Path], run_dir: Path, steps: int, log: P
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.model.use_remove_padding=false",
         "actor_rollout_ref.model.enable_gradient_checkpointing=false",
-        "actor_rollout_ref.actor.use_torch_compile=false", "actor_rollout_ref.model.lora_rank=0",
+        "actor_rollout_ref.actor.use_torch_compile=false", *lora,
         "actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.ref.strategy=fsdp2",
         "actor_rollout_ref.rollout.name=cepo_cpu_hf", "actor_rollout_ref.rollout.agent.num_workers=1",
         "actor_rollout_ref.actor.optim.lr_warmup_steps=1", "actor_rollout_ref.actor.optim.lr=1e-3",
@@ -111,7 +127,7 @@ def _run(method: str, inputs: dict[str, Path], run_dir: Path, steps: int, log: P
 
 
 def _train_steps(records: list[dict]) -> dict[int, dict]:
-    return {r["step"]: r["data"] for r in records if "actor/pg_loss" in r["data"]}
+    return {r["step"]: r["data"] for r in records if "actor/grad_norm" in r["data"]}
 
 
 def _val(records: list[dict]) -> list[dict]:
@@ -133,15 +149,22 @@ def _check_job(method: str, inputs: dict[str, Path], tmp_path: Path) -> None:
         assert data["training/global_step"] == step
         assert data["response_length/mean"] > 0
         assert data["critic/score/mean"] > 0  # the scripted \boxed{n} answers earn the format reward
-        assert data["critic/score/max"] < 0.5  # ... and no rollout here is a success
-        if method in NEED_A_SUCCESS:  # SDPO (w = 1, no successful peer) / ConSPO (no positive): advantage 0
+        success = method in NEED_A_SUCCESS and step == 1  # \boxed{1} is right on data_successes, \boxed{3} is not
+        assert (data["critic/score/max"] >= 0.9) if success else (data["critic/score/max"] < 0.5)
+        if method == "sdpo":  # pure distillation (top-k, EMA teacher) on the rows whose group has a success
+            assert (data["actor/cepo_distill_loss"] > 0) if success else (data["actor/cepo_distill_loss"] == 0)
+            assert data["cepo/has_teacher_frac"] == (0.5 if success else 0.0)  # the success itself gets no teacher
+        elif method == "conspo" and not success:  # no positive: coefficients 0
             assert data["critic/advantages/max"] == 0 and data["critic/advantages/min"] == 0
         else:
             assert data["critic/advantages/max"] > 0 and data["critic/advantages/min"] < 0
             assert data["actor/grad_norm"] > 0  # a real update happened
+        if method == "opsd":  # full-vocabulary JSD against the initial policy (the LoRA adapter disabled)
+            assert data["actor/cepo_distill_loss"] > 0 and "actor/pg_loss" not in data
     for step in (1, 2):
         actor = run_dir / f"global_step_{step}" / "actor"
         assert (actor / "model_world_size_1_rank_0.pt").is_file() and (actor / "optim_world_size_1_rank_0.pt").is_file()
+        assert (actor / "cepo_ema_teacher_rank0.pt").is_file() == (method == "sdpo")  # the EMA teacher is saved
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
     if method in ("rlsd", "cepo"):
@@ -159,6 +182,8 @@ def _check_job(method: str, inputs: dict[str, Path], tmp_path: Path) -> None:
     assert resumed[3]["training/global_step"] == 3
     if method in ("rlsd", "cepo"):
         assert resumed[3]["cepo/lambda"] == pytest.approx(_lambda(3), abs=1e-9)
+    if method == "sdpo":  # the resumed run loaded the EMA teacher and distils again (a fresh server answers \boxed{1})
+        assert resumed[3]["actor/cepo_distill_loss"] > 0
     assert (run_dir / "global_step_3" / "actor" / "model_world_size_1_rank_0.pt").is_file()
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
 

@@ -158,10 +158,13 @@ def test_zero_advantage_group_gets_no_teacher_rows(verl_cpu, tiny_vl_dir, vl_pro
 
 @pytest.mark.parametrize("method", ["opsd", "sdpo", "conspo"])
 def test_loss_level_methods_through_verl_workers(method, verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo):
-    """OPSD / SDPO / ConSPO through the same two overrides: the teacher rows their declarations ask for (OPSD: r+ on
-    every rollout; SDPO: a successful peer rollout; ConSPO: none) are scored by the workers, and the advantages equal
-    an independent computation (cepo.teacher forwards + cepo.algorithms) on the same rollouts."""
-    cfg = h.config(tiny_vl_dir, method=method)
+    """OPSD / SDPO (in their sampled-token form, with the live teacher) / ConSPO through the same two overrides: the
+    teacher rows their declarations ask for (OPSD: r+ on every rollout; SDPO: a successful peer rollout; ConSPO: none)
+    are scored by the workers, and the advantages equal an independent computation (cepo.teacher forwards +
+    cepo.algorithms) on the same rollouts. Their YAML defaults (top-k / full, fixed / EMA teachers) are
+    test_verl_distill_worker.py's."""
+    sampled = [] if method == "conspo" else ["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live"]
+    cfg = h.config(tiny_vl_dir, method=method, overrides=sampled)
     wg = h.worker_group(cfg, vl_model)
     meta, rows = h.put_rollouts(vl_processor, vl_processor.tokenizer, geo, method)
     trainer = h.trainer(cfg, vl_processor, wg, global_steps=1)

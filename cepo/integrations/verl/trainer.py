@@ -200,6 +200,8 @@ class CEPOTrainerSync(PPOTrainerSync):
         jobs = [(real[j], kind, hint) for kind, j, hint in plan.jobs]  # (batch row, kind, hint)
         if self._teacher_in_loss():
             self._write_teacher_sequences(batch, jobs, responses, raw_prompts, mm_inputs, kinds, plan, real)
+            frac = sum(bool(flag) for flag in plan.has_teacher) / max(1, len(real))
+            metrics.update(logged_metrics(self.cepo.method, {"cepo/has_teacher_frac": frac}))
             return batch
         logps = self._teacher_log_probs(batch, jobs, responses, raw_prompts, mm_inputs, kinds) if jobs else []
 
