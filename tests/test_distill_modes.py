@@ -395,3 +395,36 @@ def test_fixed_teacher_needs_lora(smoke_model: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^cepo\.distill\.teacher=fixed needs a PEFT LoRA model"):
         _recording_trainer(smoke_model, tmp_path, "opsd", [_every_other_group_succeeds], peft=False,
                            cepo_distill_teacher="fixed")
+
+
+@pytest.mark.parametrize("method", ["opsd", "sdpo"])
+def test_cepo_train_runs_the_authors_recipe_from_the_yaml(method: str, smoke_model: Path, tmp_path: Path) -> None:
+    """``cepo train --config configs/<method>.yaml`` (TRL), the YAML unchanged but for the tiny model, data and run
+    size: the trainer runs OPSD's full-vocabulary JSD against the initial policy / SDPO's student top-k against an EMA
+    adapter, and logs a distillation loss each step."""
+    import json
+
+    from cepo.cli import main as cli_main
+    from cepo.testing import make_geo3k_like
+
+    data = tmp_path / "train.parquet"
+    make_geo3k_like(4).to_parquet(str(data))
+    run = tmp_path / "run"
+    overrides = [f"actor_rollout_ref.model.path={smoke_model}", f"data.train_files={data}", "data.train_batch_size=2",
+                 "actor_rollout_ref.rollout.n=4", "data.max_response_length=8", "trainer.total_training_steps=2",
+                 "actor_rollout_ref.actor.optim.lr_warmup_steps=0", f"trainer.default_local_dir={run}",
+                 "cepo.distill.success_threshold=0.0"]  # SDPO: every tiny rollout counts as a success (a teacher)
+    if method == "opsd":
+        overrides.append("actor_rollout_ref.actor.ppo_mini_batch_size=2")
+    assert cli_main(["train", "--config", str(configs_dir() / f"{method}.yaml"), *overrides]) == 0
+    states = sorted(run.glob("checkpoint-*/trainer_state.json"))
+    assert states, list(run.iterdir())
+    history = json.loads(states[-1].read_text())["log_history"]
+    losses = [entry["cepo/distill_loss"] for entry in history if "cepo/distill_loss" in entry]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses), history
+    args = json.loads((run / "config.json").read_text())  # the run's TrainingArguments
+    expected = ({"mode": "full", "teacher": "fixed", "alpha": 0.5, "is_clip": None} if method == "opsd" else
+                {"mode": "topk", "support": "student", "topk": 100, "tail": True, "teacher": "ema", "ema_rate": 0.05,
+                 "is_clip": 2.0})
+    assert {k: args[f"cepo_distill_{k}"] for k in expected} == expected
+    assert (run / "final" / "ema_teacher.safetensors").is_file() == (method == "sdpo")
