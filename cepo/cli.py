@@ -15,16 +15,26 @@ import argparse
 import shlex
 import sys
 import traceback
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cepo.output_paths import DiskFull
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (``cepo smoke: error: ...``), exit code 2."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, without the usage block, exit code 2:
+    ``cepo smoke: error: <message> (see cepo smoke --help)``. ``error_prefix`` replaces ``<prog>:`` (the scripts'
+    ``[prepare_math]``, so that their usage errors read as their other errors)."""
+
+    def __init__(self, *args: Any, error_prefix: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_prefix = error_prefix
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        prefix = self.error_prefix or f"{self.prog}:"
+        self.exit(2, f"{prefix} error: {message} (see {self.prog} --help)\n")
+
+
+_Parser = OneLineParser
 
 
 def _positive_int(text: str) -> int:

@@ -16,19 +16,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cepo.cli import OneLineParser
 from cepo.lora import merge
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           error_prefix="[merge_lora]")
     parser.add_argument("--base", required=True, help="base model path or hub name (actor_rollout_ref.model.path)")
     parser.add_argument("--adapter", required=True, help="PEFT adapter directory from the verl checkpoint")
     parser.add_argument("--out", required=True, help="output directory for the merged Hugging Face checkpoint")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args(argv)
     try:
-        path = merge(args.base, args.adapter, args.out, args.dtype)
-    except FileNotFoundError as err:
+        path = merge(args.base, args.adapter, args.out, args.dtype,
+                     names={"base": "--base", "adapter": "--adapter", "out": "--out"})
+    except (FileNotFoundError, ValueError) as err:
         print(f"[merge_lora] error: {err}", file=sys.stderr)
         return 2
     print(f"[merge_lora] merged checkpoint written to {path}")

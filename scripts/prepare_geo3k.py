@@ -39,6 +39,7 @@ from typing import Any
 
 import datasets
 
+from cepo.cli import OneLineParser
 from cepo.data import answer_problems, answer_text, describe_bad_images, image_problems, student_prompt
 from cepo.data.answers import describe_answer_problems
 from cepo.data.prepare import load_splits, write_splits
@@ -106,7 +107,8 @@ def to_verl(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           error_prefix="[prepare_geo3k]")
     parser.add_argument("--dataset", default=DATA_SOURCE, help="hub name, parquet dir/file, or save_to_disk dir")
     parser.add_argument("--local-dir", default=os.environ.get("DATA_DIR", "~/data/geo3k"),
                         help="output directory for <split>.parquet (default $DATA_DIR or ~/data/geo3k)")

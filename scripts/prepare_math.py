@@ -45,6 +45,7 @@ import os
 import sys
 from typing import Any
 
+from cepo.cli import OneLineParser
 from cepo.data import answer_text, student_prompt
 from cepo.data.prepare import load_splits, rows_to_drop, write_splits
 from cepo.output_paths import check_output_dir
@@ -141,7 +142,8 @@ def to_verl(dataset: Any, split: str, data_source: str, option: str, on_bad_row:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           error_prefix=f"[{PROG}]")
     parser.add_argument("--local-dir", default=os.environ.get("DATA_DIR", "~/data/math"),
                         help="output directory for <split>.parquet (default $DATA_DIR or ~/data/math)")
     for split, (option, hub, hub_split) in SOURCES.items():

@@ -143,6 +143,24 @@ def test_train_bad_data_fails_before_the_model(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("content", ["folder", "config without model_type"])
+def test_train_model_path_that_is_not_a_model(content: str, tiny_vl: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder that is not a checkpoint (transformers: "Unrecognized model in ...", a ValueError) is named by its
+    key, before any weights load."""
+    data = _write(tmp_path, "d.parquet")
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    if content == "folder":
+        (folder / "train.parquet").write_bytes(data.read_bytes())
+    else:
+        (folder / "config.json").write_text("{}")
+    assert _train(tiny_vl, data, tmp_path, f"actor_rollout_ref.model.path={folder}") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot load actor_rollout_ref.model.path={str(folder)!r}" in line, line
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_filters_and_skips_with_counts(
     tiny_vl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_load: None
 ) -> None:

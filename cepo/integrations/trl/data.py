@@ -241,7 +241,7 @@ def load_processing_class(path: str, key: str = "actor_rollout_ref.model.path") 
         if getattr(AutoConfig.from_pretrained(source), "vision_config", None) is not None:
             return AutoProcessor.from_pretrained(source)
         return AutoTokenizer.from_pretrained(source)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder that is no checkpoint ("Unrecognized model in ...")
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot load {key}={shown!r}: {first}") from None
 
