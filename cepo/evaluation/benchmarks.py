@@ -1,4 +1,6 @@
-"""The paper's five benchmarks, their lmms-eval 0.7.3 tasks, and the paper's sampling settings.
+"""The paper's five benchmarks, their lmms-eval 0.7.3 tasks, and the paper's sampling settings; and the text
+benchmarks (MATH-500, AIME 2024, AIME 2025, :data:`TEXT_BENCHMARKS`) that ``cepo eval`` runs through
+lm-evaluation-harness (``cepo.evaluation.lm_eval``) with k samples per problem (avg@k).
 
 One table (:data:`BENCHMARKS`) maps our benchmark names to lmms-eval tasks and to the metric read from lmms-eval's
 result file. Every task name and metric below was checked against the task YAML files of the lmms-eval 0.7.3 wheel
@@ -134,3 +136,79 @@ class SamplingSettings:
 PAPER_SAMPLING = SamplingSettings()
 """The paper's evaluation sampling (Sec. 4): temperature 1.0, top-p 1.0, top-k 40, presence penalty 2.0, 32,000
 new tokens."""
+
+
+# -- the text benchmarks (lm-evaluation-harness, cepo.evaluation.lm_eval) ---------------------------------------
+TEXT_GROUP = "text"
+"""``--benchmarks text``: the three text benchmarks."""
+
+
+@dataclass(frozen=True)
+class TextBenchmark:
+    """One text benchmark: our name, its column title, cepo's lm-eval task, the hub data it reads, the lm-eval task
+    of the same problems (kept for the registry check) and the default number of samples per problem."""
+
+    name: str
+    title: str
+    task: str
+    dataset_path: str
+    split: str
+    upstream_task: str
+    default_samples: int
+    problems: int
+
+
+TEXT_BENCHMARKS: dict[str, TextBenchmark] = {
+    b.name: b
+    for b in (
+        # MATH-500: avg@4 (500 problems x 4 keeps the run short; the standard error is already ~1 point)
+        TextBenchmark("math500", "MATH-500", "cepo_math500", "HuggingFaceH4/MATH-500", "test", "hendrycks_math500",
+                      4, 500),
+        # AIME: 30 problems, so one sample per problem is too noisy; avg@32 as DAPO (Yu et al., 2025) reports AIME 2024
+        TextBenchmark("aime24", "AIME 2024", "cepo_aime24", "HuggingFaceH4/aime_2024", "train", "aime24", 32, 30),
+        TextBenchmark("aime25", "AIME 2025", "cepo_aime25", "yentinglin/aime_2025", "train", "aime25", 32, 30),
+    )
+}
+"""The text benchmarks, in report order; the data are the hub copies ``scripts/prepare_math.py`` converts."""
+
+_TEXT_ALIASES = {
+    "math-500": "math500", "math_500": "math500", "aime2024": "aime24", "aime_2024": "aime24",
+    "aime2025": "aime25", "aime_2025": "aime25",
+}
+
+
+def is_text_selection(names: str | Iterable[str] | None) -> bool:
+    """Whether a ``--benchmarks`` value names text benchmarks (``text`` or any of :data:`TEXT_BENCHMARKS`)."""
+    if names is None:
+        return False
+    items = [n.strip().lower() for n in (names.split(",") if isinstance(names, str) else names) if n and n.strip()]
+    known = set(TEXT_BENCHMARKS) | set(_TEXT_ALIASES) | {b.task for b in TEXT_BENCHMARKS.values()} | {TEXT_GROUP}
+    return any(item in known for item in items)
+
+
+def resolve_text_benchmarks(names: str | Iterable[str]) -> list[TextBenchmark]:
+    """Text benchmarks from a comma-separated string or list (our names, aliases such as ``aime2024``, cepo's task
+    names, or ``text`` for all three). A vision benchmark or unknown name raises ``ValueError``."""
+    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n and n.strip()]
+    by_task = {b.task: b for b in TEXT_BENCHMARKS.values()}
+    out: list[TextBenchmark] = []
+    for item in items:
+        key = _TEXT_ALIASES.get(item.lower(), item.lower())
+        one = TEXT_BENCHMARKS.get(key) or by_task.get(item)
+        chosen = list(TEXT_BENCHMARKS.values()) if key == TEXT_GROUP else [one]
+        if chosen == [None]:
+            if key in BENCHMARKS:
+                raise ValueError(f"--benchmarks mixes the text benchmark(s) with the vision benchmark {item!r}; "
+                                 "evaluate them in two cepo eval runs (text: lm-eval, vision: lmms-eval)")
+            raise ValueError(f"unknown benchmark {item!r}; text benchmarks: {', '.join(TEXT_BENCHMARKS)} "
+                             f"(or '{TEXT_GROUP}' for all three)")
+        out += [b for b in chosen if b is not None and b not in out]
+    return out
+
+
+def samples_per_problem(benchmark: TextBenchmark, samples: int | None) -> int:
+    """k for ``benchmark``: ``samples`` (``--samples``) or the benchmark's default."""
+    k = benchmark.default_samples if samples is None else samples
+    if k <= 0:
+        raise ValueError(f"--samples must be a positive number of samples per problem, got {k}")
+    return k

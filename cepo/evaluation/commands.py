@@ -35,7 +35,8 @@ def _sampling(ns: argparse.Namespace, defaults: SamplingSettings) -> SamplingSet
 
 # -- cepo eval --------------------------------------------------------------------------------------------------
 def _eval(ns: argparse.Namespace) -> int:
-    from cepo.evaluation.benchmarks import resolve_benchmarks
+    from cepo.evaluation.benchmarks import is_text_selection, resolve_benchmarks, resolve_text_benchmarks
+    from cepo.evaluation.lm_eval import LmEvalFailed
     from cepo.evaluation.lmms import LmmsEvalFailed, parse_model_args
     from cepo.evaluation.results import table2_markdown
 
@@ -44,6 +45,15 @@ def _eval(ns: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {ns.batch_size}")
     if ns.limit is not None and ns.limit <= 0:
         raise ValueError(f"--limit must be positive, got {ns.limit}")
+    if ns.samples is not None and ns.samples <= 0:
+        raise ValueError(f"--samples must be a positive number of samples per problem, got {ns.samples}")
+    text = not ns.local and is_text_selection(ns.benchmarks)
+    if ns.samples is not None and not ns.local and not text:
+        raise ValueError("--samples applies to the text benchmarks (--benchmarks math500,aime24,aime25 or text) and "
+                         "to --local; the vision benchmarks take one sample per question, as the paper")
+    if ns.lm_eval_python and not text:
+        raise ValueError("--lm-eval-python is for the text benchmarks (--benchmarks math500,aime24,aime25 or text)")
+    chat_template_kwargs = {"enable_thinking": False} if ns.no_thinking else None
     try:
         if ns.local:
             from cepo.evaluation.local import evaluate_local
@@ -54,8 +64,26 @@ def _eval(ns: argparse.Namespace) -> int:
                 ns.model, ns.local, ns.output_dir, sampling, overwrite=ns.overwrite, base=ns.base,
                 backend=ns.backend or "auto", name=ns.name,
                 label=ns.label, limit=ns.limit, batch_size=ns.batch_size or 8, seed=ns.seed, device=ns.device,
-                chat_template_kwargs={"enable_thinking": False} if ns.no_thinking else None,
+                chat_template_kwargs=chat_template_kwargs, samples=ns.samples or 1,
             )
+        elif text:
+            from cepo.evaluation.runner import evaluate_lm_eval
+
+            backend = ns.backend or "vllm"
+            planned_text = evaluate_lm_eval(
+                ns.model, resolve_text_benchmarks(ns.benchmarks), sampling, samples=ns.samples, backend=backend,
+                python=ns.lm_eval_python, base=ns.base, output_dir=ns.output_dir, label=ns.label,
+                batch_size=ns.batch_size or ("auto" if backend == "vllm" else 8), limit=ns.limit,
+                model_args=parse_model_args(ns.model_args), chat_template_kwargs=chat_template_kwargs,
+                device=ns.device, dry_run=ns.dry_run, overwrite=ns.overwrite,
+            )
+            if isinstance(planned_text, list):
+                import shlex
+
+                for text_run in planned_text:
+                    print(shlex.join(text_run.command))
+                return 0
+            result, path = planned_text
         else:
             from cepo.evaluation.runner import evaluate_lmms
 
@@ -73,7 +101,7 @@ def _eval(ns: argparse.Namespace) -> int:
                     print(shlex.join(run.command))
                 return 0
             result, path = planned
-    except LmmsEvalFailed as err:
+    except (LmmsEvalFailed, LmEvalFailed) as err:
         print(f"cepo eval: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -86,30 +114,44 @@ def _eval(ns: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub: Any) -> None:
-    from cepo.evaluation.benchmarks import BENCHMARKS
+    from cepo.evaluation.benchmarks import BENCHMARKS, TEXT_BENCHMARKS, TEXT_GROUP
+    from cepo.evaluation.lm_eval import BACKENDS as TEXT_BACKENDS
+    from cepo.evaluation.lm_eval import PYTHON_ENV as TEXT_PYTHON_ENV
     from cepo.evaluation.lmms import BACKENDS, PYTHON_ENV
 
     p = sub.add_parser(
-        "eval", help="the paper's five benchmarks through lmms-eval (separate program), or --local DATA",
+        "eval", help="the paper's five benchmarks through lmms-eval, the text benchmarks (MATH-500, AIME) through "
+                     "lm-eval (separate programs), or --local DATA",
         description="Evaluate a model on the paper's benchmarks with lmms-eval run as a separate program "
-                    f"(--lmms-eval-python or ${PYTHON_ENV}; docs/evaluation.md), or on a local "
-                    "problem/image/answer file with cepo's own verifier (--local).",
+                    f"(--lmms-eval-python or ${PYTHON_ENV}), on MATH-500 / AIME 2024 / AIME 2025 with "
+                    f"lm-evaluation-harness (--benchmarks text; --lm-eval-python or ${TEXT_PYTHON_ENV}; avg@k over "
+                    "--samples k), or on a local problem/image/answer file with cepo's own verifier (--local); "
+                    "docs/evaluation.md.",
     )
     p.add_argument("model", help="hub id, merged checkpoint, LoRA adapter dir (TRL final/ or checkpoint-*, verl "
                                  "lora_adapter), or a TRL run directory")
     p.add_argument("--base", help="base model of a LoRA adapter (default: its adapter_config.json)")
-    p.add_argument("--benchmarks", help=f"comma-separated, default all: {','.join(BENCHMARKS)}")
-    p.add_argument("--backend", help=f"lmms-eval: {', '.join(BACKENDS)} (default vllm); --local: hf or vllm "
+    p.add_argument("--benchmarks", help=f"comma-separated, default the five vision ones: {','.join(BENCHMARKS)}; "
+                                        f"or text ones (lm-eval): {','.join(TEXT_BENCHMARKS)}, or '{TEXT_GROUP}'")
+    p.add_argument("--backend", help=f"lmms-eval: {', '.join(BACKENDS)} (default vllm); text benchmarks (lm-eval): "
+                                     f"{', '.join(TEXT_BACKENDS)} (default vllm); --local: hf or vllm "
                                      "(default: vllm when installed with a GPU, else hf)")
     p.add_argument("--lmms-eval-python", help=f"python of the lmms-eval virtualenv (default ${PYTHON_ENV})")
+    p.add_argument("--lm-eval-python", help=f"python of the lm-eval virtualenv, for the text benchmarks (default "
+                                            f"${TEXT_PYTHON_ENV})")
+    p.add_argument("--samples", type=int, metavar="K",
+                   help="samples per problem; the score is avg@K (mean over problems of the fraction of K correct) "
+                        "± its standard error. Text benchmarks: default " + ", ".join(
+                            f"{b.name} {b.default_samples}" for b in TEXT_BENCHMARKS.values()) + "; --local: 1")
     p.add_argument("--output-dir", help="default <run>/eval for a TRL run's model, else eval/<model name> (--local: "
                                         "their local-<data name>/ subfolder)")
     p.add_argument("--label", help="row label in cepo report (default: the run's method, or Base)")
-    p.add_argument("--batch-size", type=int, help="lmms-eval --batch_size (default 64); --local: default 8")
+    p.add_argument("--batch-size", type=int, help="lmms-eval --batch_size (default 64); lm-eval: default auto "
+                                                  "(vllm) or 8 (hf); --local: default 8")
     p.add_argument("--limit", type=int, help="only the first N questions of each benchmark (for a quick check)")
     p.add_argument("--model-args", help="extra lmms-eval --model_args, e.g. tensor_parallel_size=2,"
                                         "gpu_memory_utilization=0.9")
-    p.add_argument("--dry-run", action="store_true", help="print the lmms-eval commands and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the lmms-eval / lm-eval commands and exit")
     p.add_argument("--overwrite", action="store_true", help="run benchmarks again whose results are already there "
                                                             "(--local: replace the results in the output folder)")
     local = p.add_argument_group("local evaluation")
@@ -118,8 +160,9 @@ def add_eval_parser(sub: Any) -> None:
     local.add_argument("--name", help="benchmark name in eval.json (default: the file's stem)")
     local.add_argument("--seed", type=int, default=0)
     local.add_argument("--no-thinking", action="store_true",
-                       help="render the prompts with enable_thinking=false (Qwen3's switch, as configs/text/ trains)")
-    local.add_argument("--device", help="default cuda when available, else cpu")
+                       help="render the prompts with enable_thinking=false (Qwen3's switch, as configs/text/ trains); "
+                            "also for the text benchmarks through lm-eval")
+    local.add_argument("--device", help="default cuda when available, else cpu (also lm-eval's hf backend)")
     _add_sampling(p, PAPER_SAMPLING, "the paper's: 1.0 / 1.0 / 40 / 2.0 / 32000")
     p.set_defaults(func=_eval)
 

@@ -15,22 +15,27 @@ Accepted files: everything ``cepo.data.read_data_file`` reads (``.parquet``, ``.
 * the answer: ``answer``, or ``reward_model.ground_truth`` (verl's layout); one per row (``cepo.data.answers``);
 * optionally images: ``images`` (a list per row) or ``image``; each must open (``cepo.data.images``).
 
+``--samples k`` draws k responses per problem and reports avg@k (:func:`avg_at_k`): the mean over problems of the
+fraction of the k responses graded right, with its standard error over problems, the standard deviation of the
+per-problem fractions over sqrt(n) (for k = 1 this is the binomial ``sqrt(p (1 - p) / n)``).
+
 Writes ``<output-dir>/eval.json`` (``cepo.evaluation.results``) and ``<output-dir>/samples.jsonl`` (one row per
-problem: index, answer, response, extracted answer, accuracy, format, reward).
+response, problem by problem: index, sample (0..k-1), answer, response, extracted answer, accuracy, format, reward).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cepo.evaluation.benchmarks import SamplingSettings
-from cepo.evaluation.results import BenchmarkScore, EvalResult, binomial_stderr
+from cepo.evaluation.results import BenchmarkScore, EvalResult
 
 PROMPT_COLUMNS = ("prompt", "problem", "question")
 IMAGE_COLUMNS = ("images", "image")
@@ -148,6 +153,22 @@ def _load_examples(path: str | Path, limit: int | None) -> list[Example]:
     return examples
 
 
+def avg_at_k(correct: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """avg@k over problems and its standard error, both as fractions: ``correct[i]`` holds the k grades (0/1) of
+    problem ``i``. The mean of the per-problem fractions, and their (population) standard deviation over
+    ``sqrt(n)``; for k = 1 this is the binomial ``sqrt(p (1 - p) / n)``. ``ValueError`` for no problems or a
+    problem without grades."""
+    if not correct:
+        raise ValueError("avg@k needs at least one problem")
+    if any(len(grades) == 0 for grades in correct):
+        raise ValueError("every problem needs at least one graded sample")
+    fractions = [sum(grades) / len(grades) for grades in correct]
+    n = len(fractions)
+    mean = sum(fractions) / n
+    variance = sum((f - mean) ** 2 for f in fractions) / n
+    return mean, math.sqrt(variance / n)
+
+
 def local_output_dir(source: Any, data: str | Path, output_dir: str | Path | None, overwrite: bool) -> Path:
     """Where ``cepo eval --local`` writes (see :func:`evaluate_local`); ``ValueError`` for an unwritable folder or
     one holding results already, without ``overwrite``."""
@@ -184,11 +205,13 @@ def evaluate_local(
     format_weight: float = 0.1,
     echo: Callable[[str], None] | None = None,
     chat_template_kwargs: dict[str, Any] | None = None,
+    samples: int = 1,
 ) -> tuple[EvalResult, Path]:
-    """Generate one response per row, grade it, and write ``eval.json`` + ``samples.jsonl`` to ``output_dir``
-    (``None``: ``local-<data file stem>/`` in the model's default evaluation folder, ``<run>/eval`` for a TRL run's
-    model, else ``eval/<model name>``; ``cepo.evaluation.runner.default_output_dir``). Results already there are
-    replaced only with ``overwrite``; the folder is checked before the model loads.
+    """Generate ``samples`` responses per row (k; avg@k when k > 1), grade them, and write ``eval.json`` +
+    ``samples.jsonl`` to ``output_dir`` (``None``: ``local-<data file stem>/`` in the model's default evaluation
+    folder, ``<run>/eval`` for a TRL run's model, else ``eval/<model name>``;
+    ``cepo.evaluation.runner.default_output_dir``). Results already there are replaced only with ``overwrite``; the
+    folder is checked before the model loads.
 
     ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when it is installed and a GPU is present, else HF).
     ``chat_template_kwargs``: extra chat-template variables for the prompts, e.g. ``{"enable_thinking": False}`` for
@@ -203,6 +226,11 @@ def evaluate_local(
     from cepo.rewards import compute_score, extract_answer
 
     say = echo or (lambda msg: print(msg, file=sys.stderr))
+    if samples <= 0:
+        raise ValueError(f"--samples must be a positive number of samples per problem, got {samples}")
+    if samples > 1 and sampling.temperature == 0:
+        raise ValueError(f"--temperature 0 (greedy) gives the same response {samples} times per problem; pass "
+                         "--samples 1 for greedy decoding, or a temperature above 0")
     if backend not in ("auto", "hf", "vllm"):
         raise ValueError(f"--backend {backend!r} is not one of hf, vllm (with --local)")
     if backend == "vllm" and not vllm_available():
@@ -213,6 +241,8 @@ def evaluate_local(
     examples = load_examples(data, limit)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tic = time.perf_counter()
+    problems = examples
+    examples = [e for e in problems for _ in range(samples)]  # k copies of each problem, problem by problem
     if chosen == "hf":
         lm, processing_class = load_model(source, device=device)
         generated = hf_generate(lm, processing_class, [e.messages for e in examples], [e.images for e in examples],
@@ -227,24 +257,30 @@ def evaluate_local(
                                       [e.images for e in examples], sampling, seed=seed,
                                       chat_template_kwargs=chat_template_kwargs)
     rows = []
-    for example, response in zip(examples, generated, strict=True):
+    for i, (example, response) in enumerate(zip(examples, generated, strict=True)):
         score = compute_score(response.text, example.answer, accuracy_weight, format_weight)
-        rows.append({"index": example.index, "answer": example.answer, "response": response.text,
-                     "extracted": extract_answer(response.text), "accuracy": score.accuracy,
-                     "format": score.format, "reward": score.overall, "response_tokens": len(response.token_ids)})
-    n = len(rows)
-    accuracy = sum(r["accuracy"] for r in rows) / n
+        rows.append({"index": example.index, "sample": i % samples, "answer": example.answer,
+                     "response": response.text, "extracted": extract_answer(response.text),
+                     "accuracy": score.accuracy, "format": score.format, "reward": score.overall,
+                     "response_tokens": len(response.token_ids)})
+    n = len(problems)
+    grades = [[r["accuracy"] for r in rows[i * samples:(i + 1) * samples]] for i in range(n)]
+    accuracy, stderr = avg_at_k(grades)
+    extra: dict[str, Any] = {"format_rate": 100.0 * sum(r["format"] for r in rows) / len(rows),
+                             "mean_reward": sum(r["reward"] for r in rows) / len(rows), "data": str(data)}
+    if samples > 1:
+        extra["samples_per_problem"] = samples
+        extra["pass_at_k"] = 100.0 * sum(max(g) for g in grades) / n
     bench = name or Path(str(data)).stem
     result = EvalResult(
         label=label or default_label(source.method(), source.given, source.kind),
         benchmarks={bench: BenchmarkScore(
             accuracy=100.0 * accuracy,
-            stderr=100.0 * binomial_stderr(accuracy, n),
+            stderr=100.0 * stderr,
             n=n,
-            metric="accuracy (cepo.rewards.compute_score)",
-            stderr_source="binomial",
-            extra={"format_rate": 100.0 * sum(r["format"] for r in rows) / n,
-                   "mean_reward": sum(r["reward"] for r in rows) / n, "data": str(data)},
+            metric=("accuracy" if samples == 1 else f"avg@{samples}") + " (cepo.rewards.compute_score)",
+            stderr_source="binomial" if samples == 1 else "over problems",
+            extra=extra,
         )},
         model=source.given,
         method=source.method(),

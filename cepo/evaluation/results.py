@@ -1,4 +1,4 @@
-"""Evaluation results: one JSON layout for ``cepo eval`` (lmms-eval or ``--local``) and Table 2 in Markdown.
+"""Evaluation results: one JSON layout for ``cepo eval`` (lmms-eval, lm-eval or ``--local``) and Table 2 in Markdown.
 
 An evaluation JSON (``eval.json``, :class:`EvalResult`) holds, in percent::
 
@@ -7,6 +7,10 @@ An evaluation JSON (``eval.json``, :class:`EvalResult`) holds, in percent::
      "benchmarks": {"dynamath": {"accuracy": 51.44, "stderr": 0.71, "n": 5010, "task": "dynamath_reasoning",
                                  "metric": "dynamath_average", "stderr_source": "binomial"}, ...},
      "average": {"accuracy": 43.43, "stderr": 0.77, "benchmarks": ["dynamath", ...]}}
+
+A benchmark sampled k times per problem (the text benchmarks through lm-eval, ``--local --samples k``) reports
+avg@k, the mean over problems of the fraction of k samples correct, with ``"samples_per_problem": k`` and the
+standard error over problems (standard deviation of the per-problem fractions / sqrt(n)).
 
 The average is the unweighted mean over benchmarks (as the paper's "Average Acc."), its standard error
 ``sqrt(sum se_i^2) / k`` (independent benchmarks): the paper's 39.73 ± 0.8 for the 2B base model is exactly this.
@@ -21,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cepo.evaluation.benchmarks import BENCHMARKS
+from cepo.evaluation.benchmarks import BENCHMARKS, TEXT_BENCHMARKS
 
 FORMAT = "cepo-eval/1"
 METHOD_LABELS = {"grpo": "GRPO", "rlsd": "RLSD", "cepo": "CEPO", "opsd": "OPSD", "sdpo": "SDPO", "conspo": "ConSPO"}
@@ -160,23 +164,38 @@ def default_label(method: str | None, model: str | None, kind: str = "hub") -> s
 # -- Table 2 ---------------------------------------------------------------------------------------------------
 def _columns(results: Sequence[EvalResult]) -> list[str]:
     present = {name for r in results for name in r.benchmarks}
-    ordered = [name for name in BENCHMARKS if name in present]
+    ordered = [name for name in [*BENCHMARKS, *TEXT_BENCHMARKS] if name in present]
     return ordered + sorted(present - set(ordered))
 
 
-def _title(name: str) -> str:
-    bench = BENCHMARKS.get(name)
-    return bench.title if bench else name
+def samples_of(score: BenchmarkScore | None) -> int | None:
+    """k of an avg@k score (``samples_per_problem``), ``None`` for a one-sample accuracy."""
+    k = score.extra.get("samples_per_problem") if score is not None else None
+    return k if isinstance(k, int) and not isinstance(k, bool) else None
 
 
-def _cell(score: BenchmarkScore | dict[str, Any] | None, best: bool) -> str:
+def _column_k(results: Sequence[EvalResult], column: str) -> int | None:
+    """The k all rows of a column share (``None`` when they differ or none has one)."""
+    ks = {samples_of(r.benchmarks.get(column)) for r in results if column in r.benchmarks}
+    return ks.pop() if len(ks) == 1 else None
+
+
+def _title(name: str, k: int | None = None) -> str:
+    bench = BENCHMARKS.get(name) or TEXT_BENCHMARKS.get(name)
+    title = bench.title if bench else name
+    return f"{title} avg@{k}" if k is not None and k > 1 else title
+
+
+def _cell(score: BenchmarkScore | dict[str, Any] | None, best: bool, k: int | None = None) -> str:
+    """``accuracy ± stderr``; ``k`` (a row's own avg@k when the column's rows differ) is appended as ``(avg@k)``."""
     if score is None:
         return "–"
     accuracy = score["accuracy"] if isinstance(score, dict) else score.accuracy
     stderr = score["stderr"] if isinstance(score, dict) else score.stderr
     number = f"{accuracy:.2f}"
     number = f"**{number}**" if best else number
-    return number if stderr is None else f"{number} ± {stderr:.1f}"
+    cell = number if stderr is None else f"{number} ± {stderr:.1f}"
+    return cell if k is None else f"{cell} (avg@{k})"
 
 
 def _best(values: list[float | None]) -> list[bool]:
@@ -189,9 +208,10 @@ def _best(values: list[float | None]) -> list[bool]:
 
 def table2_markdown(results: Sequence[EvalResult]) -> str:
     """Table 2's layout: one row per result (label), one column per benchmark (paper order), then the average;
-    ``accuracy ± stderr`` in percent, the best value of each column in bold (ties: all of them; nothing is bold
-    with fewer than two rows). A row missing a benchmark shows ``–`` there and has no average: an average over
-    fewer benchmarks is not comparable."""
+    ``accuracy ± stderr`` in percent (avg@k for a benchmark sampled k times per problem: the header says
+    ``avg@k`` when every row has the same k, else each cell does), the best value of each column in bold (ties:
+    all of them; nothing is bold with fewer than two rows). A row missing a benchmark shows ``–`` there and has
+    no average: an average over fewer benchmarks is not comparable."""
     if not results:
         raise ValueError("no results to tabulate")
     columns = _columns(results)
@@ -199,13 +219,15 @@ def table2_markdown(results: Sequence[EvalResult]) -> str:
     for r in results:
         full = all(c in r.benchmarks for c in columns)
         rows_avg.append(average({c: r.benchmarks[c] for c in columns}) if full else None)
-    header = ["Method", *(_title(c) for c in columns), "Average Acc."]
+    shared = {c: _column_k(results, c) for c in columns}
+    header = ["Method", *(_title(c, shared[c]) for c in columns), "Average Acc."]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     bold = {c: _best([r.benchmarks[c].accuracy if c in r.benchmarks else None for r in results]) for c in columns}
     bold_avg = _best([a["accuracy"] if a else None for a in rows_avg])
     for i, r in enumerate(results):
         cells = [r.label.replace("|", "\\|")]
-        cells += [_cell(r.benchmarks.get(c), bold[c][i]) for c in columns]
+        cells += [_cell(r.benchmarks.get(c), bold[c][i],
+                        None if shared[c] is not None else samples_of(r.benchmarks.get(c))) for c in columns]
         cells.append(_cell(rows_avg[i], bold_avg[i]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
