@@ -9,6 +9,8 @@ and transformers 5.9.0 are what verl 0.9.1 was tested with, and lm-eval's vllm e
     python3.11 -m venv ~/.venvs/lm-eval && ~/.venvs/lm-eval/bin/pip install "lm-eval[math,vllm]==0.4.13" \\
         vllm==0.24.0 transformers==5.9.0
 
+(resolved with uv for Python 3.11 on linux x86_64: torch 2.11.0, antlr4 4.11.0, math-verify 0.9.0.)
+
 Why lm-evaluation-harness and not lighteval (both read for this, versions on PyPI in December 2026): lighteval
 0.13.0 has ``aime24``/``aime25``/``math_500`` with an ``avg@n`` metric, but its vllm extra pins ``vllm<0.10.2``
 (verl 0.9.1 runs vLLM 0.24) and it renders chat templates without template variables, so a Qwen3 model trained
