@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import copy
 
+import _harness as h
 import pytest
 import torch
-
-import _harness as h
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -131,13 +130,14 @@ def test_opsd_default_full_jsd_against_the_fixed_teacher(verl_cpu, tiny_vl_dir, 
     """configs/opsd.yaml unchanged (full-vocabulary JSD beta 0.5, fixed teacher = the LoRA adapter disabled, pure
     distillation): the loss verl's update reports and the LoRA update equal a float64 computation from plain forwards,
     and the fixed teacher's log-probs are the initial policy's, unchanged by the update."""
-    cfg, model, wg, trainer, meta, rows = _setup("opsd", tiny_vl_dir, vl_processor, vl_model, geo)
+    _, model, wg, trainer, meta, rows = _setup("opsd", tiny_vl_dir, vl_processor, vl_model, geo)
     distill = trainer.cepo.distill
     assert (distill.mode, distill.teacher, distill.is_clip, distill.alpha) == ("full", "fixed", None, 0.5)
     assert [partition for partition, _ in wg.log_prob_calls] == ["train"]  # no teacher scoring pass: it is in the loss
     hints = [r["answer"] for r in rows]
-    expected, grads = _reference_loss(model, vl_processor, rows, hints, [True] * len(rows), trainer.cepo.teacher_template,
-                                      lambda s, t: _jsd64(s, t, 0.5), model.disable_adapter)
+    expected, grads = _reference_loss(model, vl_processor, rows, hints, [True] * len(rows),
+                                      trainer.cepo.teacher_template, lambda s, t: _jsd64(s, t, 0.5),
+                                      model.disable_adapter)
     with torch.no_grad(), model.disable_adapter():
         initial = _response_logits(model, *_student_inputs(vl_processor, rows[0])[:3], rows[0]["response_ids"].numel())
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -155,7 +155,8 @@ def test_opsd_default_full_jsd_against_the_fixed_teacher(verl_cpu, tiny_vl_dir, 
     assert (live - initial).abs().max() > 1e-4
 
 
-def test_sdpo_default_topk_student_support_ema_and_denominator(verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo):
+def test_sdpo_default_topk_student_support_ema_and_denominator(verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo,
+                                                               tmp_path):
     """configs/sdpo.yaml unchanged (top-100 on the student's support with a tail bucket, alpha 0.5, EMA teacher rate
     0.05, one update per rollout batch): rows without a successful peer leave the token-mean's denominator, the loss
     and the LoRA update equal a float64 computation, and after the optimizer step the EMA teacher is
@@ -188,6 +189,18 @@ def test_sdpo_default_topk_student_support_ema_and_denominator(verl_cpu, tiny_vl
     for ema, p, p0 in zip(worker.cepo_teacher.ema, params, theta0, strict=True):
         torch.testing.assert_close(ema, 0.95 * p0 + 0.05 * p.detach(), rtol=1e-6, atol=1e-7)
     assert any((p.detach() - p0).abs().max() > 0 for p, p0 in zip(params, theta0, strict=True))
+    # saved beside verl's actor checkpoint and loaded back on resume; a checkpoint without it is refused
+    folder = tmp_path / "global_step_1" / "actor"
+    saved = [t.clone() for t in worker.cepo_teacher.ema]
+    worker.cepo_teacher.save(str(folder), rank=0)
+    assert sorted(f.name for f in folder.iterdir()) == ["cepo_ema_teacher_rank0.pt"]
+    for t in worker.cepo_teacher.ema:
+        t.zero_()
+    worker.cepo_teacher.load(str(folder), rank=0)
+    for t, s in zip(worker.cepo_teacher.ema, saved, strict=True):
+        torch.testing.assert_close(t, s, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"cepo_ema_teacher_rank1\.pt is missing: this checkpoint was not saved"):
+        worker.cepo_teacher.load(str(folder), rank=1)
 
 
 def test_sampled_token_sdpo_rows_without_teacher_leave_the_denominator(verl_cpu, tiny_vl_dir, vl_processor, vl_model,

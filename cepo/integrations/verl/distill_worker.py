@@ -173,7 +173,8 @@ class TeacherWeights:
             return
         os.makedirs(folder, exist_ok=True)
         target = os.path.join(folder, EMA_FILE.format(rank=rank))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cepo_ema_")
+        # torch.save's zip writer names the archive after the file's stem: a dot-file has none ("invalid file name")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="cepo_ema_partial_", suffix=".pt")
         os.close(fd)
         try:
             torch.save([t.detach().cpu() for t in self.ema], tmp)
