@@ -149,7 +149,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="lmms-eval --batch_size (default 64); lm-eval: default auto "
                                                   "(vllm) or 8 (hf); --local: default 8")
     p.add_argument("--limit", type=int, help="only the first N questions of each benchmark (for a quick check)")
-    p.add_argument("--model-args", help="extra lmms-eval --model_args, e.g. tensor_parallel_size=2,"
+    p.add_argument("--model-args", help="extra lmms-eval / lm-eval --model_args, e.g. tensor_parallel_size=2,"
                                         "gpu_memory_utilization=0.9")
     p.add_argument("--dry-run", action="store_true", help="print the lmms-eval / lm-eval commands and exit")
     p.add_argument("--overwrite", action="store_true", help="run benchmarks again whose results are already there "
