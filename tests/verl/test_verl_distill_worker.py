@@ -223,3 +223,29 @@ def test_sampled_token_sdpo_rows_without_teacher_leave_the_denominator(verl_cpu,
     for i, demo in enumerate(demos):
         assert out["response_mask"][i].sum() > 0
         assert int(out["loss_mask"][i].sum()) == (int(out["response_mask"][i].sum()) if demo is not None else 0)
+
+
+def test_sampled_token_teacher_pass_runs_under_the_fixed_teachers_weights(verl_cpu, tiny_vl_dir, vl_processor,
+                                                                          vl_model, geo):
+    """Sampled-token OPSD with the fixed teacher: the workers' teacher pass (``cepo_teacher_log_prob``) scores r+
+    under the initial policy (the adapter disabled), not the live actor."""
+    import transfer_queue as tq
+
+    from cepo.integrations.verl.credit import POS_KEY
+    from cepo.teacher import build_teacher_inputs, teacher_logprobs
+
+    _, model, wg, trainer, meta, rows = _setup("opsd", tiny_vl_dir, vl_processor, vl_model, geo,
+                                               overrides=["cepo.distill.mode=sampled_token"])
+    assert (trainer.cepo.distill.mode, trainer.cepo.distill.teacher) == ("sampled_token", "fixed")
+    assert [partition for partition, _ in wg.log_prob_calls] == ["train"]  # the teacher rows: cepo_teacher_log_prob
+    stored = h.padded(tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=[POS_KEY])[POS_KEY].unbind())
+    resp = h.padded(r["response_ids"] for r in rows).long()
+    mask = h.padded(torch.ones_like(r["response_ids"]) for r in rows).long()
+    inputs = build_teacher_inputs(vl_processor, [r["messages"] for r in rows], [r["answer"] for r in rows], resp, mask,
+                                  [[r["image"]] for r in rows], template=trainer.cepo.teacher_template)
+    with torch.no_grad(), model.disable_adapter():
+        initial = teacher_logprobs(model, inputs)
+    with torch.no_grad():
+        live = teacher_logprobs(model, inputs)
+    torch.testing.assert_close(stored, initial, rtol=1e-4, atol=1e-4)
+    assert (stored - live).abs().max() > 1e-3
