@@ -67,6 +67,26 @@ def test_eval_local_output_dir_is_checked(two_runs: tuple[Path, Path, Path], cap
     assert "--output-dir" in one_error_line(capsys.readouterr().err, "cepo eval:")
 
 
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--name", ""], "--name is empty; give one, or leave --name out (default: the --local file's stem)"),
+    (["--label", " "], "--label is empty; give one, or leave --label out (default: the run's method, or Base)"),
+])
+def test_eval_empty_name_or_label_is_refused(two_runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path, extra: list[str], fragment: str) -> None:
+    """An empty --name / --label was replaced by its default without a word (issue 17 trial: exit 0)."""
+    run_a, _, data = two_runs
+    assert _eval_local(run_a / "final", data, "--output-dir", str(tmp_path / "out"), *extra) == 2
+    assert fragment in one_error_line(capsys.readouterr().err, "cepo eval:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_name_without_local_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--name applies to --local only; with --benchmarks it was ignored without a word."""
+    argv = ["eval", str(tmp_path), "--benchmarks", "mmmu", "--name", "mine", "--dry-run"]
+    assert cli_main(argv) == 2
+    assert "--name names the --local file's benchmark" in one_error_line(capsys.readouterr().err, "cepo eval:")
+
+
 # -- scripts and the repository ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("train_*.sh")))
 def test_train_scripts_print_usage(script: str, tmp_path: Path) -> None:

@@ -47,6 +47,13 @@ def _eval(ns: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be positive, got {ns.limit}")
     if ns.samples is not None and ns.samples <= 0:
         raise ValueError(f"--samples must be a positive number of samples per problem, got {ns.samples}")
+    for option, value, default in (("--name", ns.name, "the --local file's stem"),
+                                   ("--label", ns.label, "the run's method, or Base")):
+        if value is not None and not value.strip():
+            raise ValueError(f"{option} is empty; give one, or leave {option} out (default: {default})")
+    if ns.name is not None and not ns.local:
+        raise ValueError("--name names the --local file's benchmark in eval.json; the benchmarks of --benchmarks keep "
+                         "their own names: leave --name out")
     text = not ns.local and is_text_selection(ns.benchmarks)
     if ns.samples is not None and not ns.local and not text:
         raise ValueError("--samples applies to the text benchmarks (--benchmarks math500,aime24,aime25 or text) and "
