@@ -404,6 +404,13 @@ def _check_verl_distillation(cfg: DictConfig, cepo: CEPOConfig) -> None:
     _require(not fused, "actor_rollout_ref.model.use_fused_kernels",
              f"must be false with cepo.distill.mode={distill.mode} (fused kernels never build the student's logits "
              "that the divergence needs)")
+    if distill.weight == 1.0:
+        for key, off in ((f"{actor}.entropy_coeff", 0), (f"{actor}.use_kl_loss", False)):
+            value = OmegaConf.select(cfg, key, default=off)
+            _require(not value, key,
+                     f"must be {str(off).lower()} with cepo.distill.mode={distill.mode} and cepo.distill.weight=1: the "
+                     f"divergence replaces verl's loss, whose {key.rsplit('.', 1)[-1]} term would be dropped; set it "
+                     "off or cepo.distill.weight < 1")
     strategy = OmegaConf.select(cfg, f"{actor}.strategy", default="fsdp")
     _require(strategy in ("fsdp", "fsdp2"), f"{actor}.strategy",
              f"must be fsdp or fsdp2 with cepo.distill.mode={distill.mode} (cepo's micro-batch teacher runs on verl's "

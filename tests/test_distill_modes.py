@@ -184,6 +184,10 @@ def test_config_values_and_verl_refusals() -> None:
          r"^actor_rollout_ref\.actor\.ulysses_sequence_parallel_size: must be 1 with cepo\.distill\.mode=full"),
         ("opsd", "actor_rollout_ref.model.use_fused_kernels=true",
          r"^actor_rollout_ref\.model\.use_fused_kernels: must be false"),
+        ("sdpo", "actor_rollout_ref.actor.entropy_coeff=0.01",
+         r"^actor_rollout_ref\.actor\.entropy_coeff: must be 0 with cepo\.distill\.mode=topk and cepo\.distill"),
+        ("opsd", "actor_rollout_ref.actor.use_kl_loss=true",
+         r"^actor_rollout_ref\.actor\.use_kl_loss: must be false with cepo\.distill\.mode=full"),
     ]:
         with pytest.raises(ConfigError, match=message):
             compose_method_config(method, [override])
