@@ -87,6 +87,30 @@ def test_eval_name_without_local_is_refused(capsys: pytest.CaptureFixture[str], 
     assert "--name names the --local file's benchmark" in one_error_line(capsys.readouterr().err, "cepo eval:")
 
 
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--dry-run"], "--dry-run is for the benchmarks that lmms-eval / lm-eval run"),
+    (["--model-args", "tensor_parallel_size=2"], "--model-args is for the benchmarks that lmms-eval / lm-eval run"),
+    (["--lmms-eval-python", "/usr/bin/python3"], "--lmms-eval-python is for the benchmarks that lmms-eval"),
+])
+def test_eval_local_refuses_the_external_evaluators_options(
+    two_runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str],
+    fragment: str,
+) -> None:
+    """--local ran the whole evaluation and ignored these (issue 17 trial: exit 0)."""
+    run_a, _, data = two_runs
+    assert _eval_local(run_a / "final", data, "--output-dir", str(tmp_path / "out"), *extra) == 2
+    assert fragment in one_error_line(capsys.readouterr().err, "cepo eval:")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra", [["--no-thinking"], ["--device", "cpu"]])
+def test_eval_vision_benchmarks_refuse_local_only_options(extra: list[str], capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
+    assert cli_main(["eval", str(tmp_path), "--benchmarks", "mmmu", "--dry-run", *extra]) == 2
+    line = one_error_line(capsys.readouterr().err, "cepo eval:")
+    assert f"{extra[0]} applies to --local and the text benchmarks" in line, line
+
+
 # -- scripts and the repository ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("train_*.sh")))
 def test_train_scripts_print_usage(script: str, tmp_path: Path) -> None:

@@ -54,7 +54,18 @@ def _eval(ns: argparse.Namespace) -> int:
     if ns.name is not None and not ns.local:
         raise ValueError("--name names the --local file's benchmark in eval.json; the benchmarks of --benchmarks keep "
                          "their own names: leave --name out")
+    if ns.local:  # options of the external evaluators, which --local does not run: refused, not ignored
+        for option, given in (("--dry-run", ns.dry_run), ("--model-args", ns.model_args),
+                              ("--lmms-eval-python", ns.lmms_eval_python)):
+            if given:
+                raise ValueError(f"{option} is for the benchmarks that lmms-eval / lm-eval run; --local generates and "
+                                 f"grades with cepo itself: leave {option} out")
     text = not ns.local and is_text_selection(ns.benchmarks)
+    if not ns.local and not text:
+        for option, given in (("--no-thinking", ns.no_thinking), ("--device", ns.device)):
+            if given:
+                raise ValueError(f"{option} applies to --local and the text benchmarks (lm-eval); lmms-eval runs the "
+                                 f"vision benchmarks with its own settings: leave {option} out")
     if ns.samples is not None and not ns.local and not text:
         raise ValueError("--samples applies to the text benchmarks (--benchmarks math500,aime24,aime25 or text) and "
                          "to --local; the vision benchmarks take one sample per question, as the paper")
