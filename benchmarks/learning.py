@@ -19,6 +19,7 @@ Usage (writes ``benchmarks/results/learning.json`` and ``learning_curves.png``):
 
     python benchmarks/learning.py           # full run: 5 arms x 3 seeds x 100 steps (~45 min on 2 CPU cores)
     python benchmarks/learning.py --quick   # grpo and cepo, 1 seed, 20 steps (~2 min once the warm start is cached)
+    python benchmarks/learning.py --arms grpo opsd sdpo --name learning_distill   # the self-distillation baselines
 """
 
 from __future__ import annotations
@@ -67,14 +68,22 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 @dataclass(frozen=True)
 class Arm:
-    """One training arm: a method and its lambda schedule."""
+    """One training arm: a method, its lambda schedule and (OPSD / SDPO) its ``cepo.distill`` settings."""
 
     name: str
     method: str
     schedule: str = "linear"
     lam0: float = 0.5
     warmup_steps: int = 25
+    distill: tuple[tuple[str, Any], ...] = ()  # (key, value) of CEPOGRPOConfig's cepo_distill_<key>
 
+
+# OPSD and SDPO with their authors' losses (configs/opsd.yaml, configs/sdpo.yaml), on the live teacher: these arms
+# fine-tune every weight, and the fixed / EMA teachers of the YAMLs are LoRA adapters (the adapter disabled /
+# averaged). SDPO's top-k is 20 here: the arithmetic vocabulary has about 45 tokens (its YAML: 100 of 151,936).
+OPSD_DISTILL = (("mode", "full"), ("alpha", 0.5), ("is_clip", None), ("teacher", "live"))
+SDPO_DISTILL = (("mode", "topk"), ("support", "student"), ("topk", 20), ("tail", True), ("alpha", 0.5),
+                ("is_clip", 2.0), ("teacher", "live"))
 
 ARMS = {
     "grpo": Arm("grpo", "grpo"),
@@ -82,6 +91,8 @@ ARMS = {
     "cepo": Arm("cepo", "cepo"),
     "cepo_const": Arm("cepo_const", "cepo", schedule="constant"),
     "rlsd_const": Arm("rlsd_const", "rlsd", schedule="constant"),
+    "opsd": Arm("opsd", "opsd", distill=OPSD_DISTILL),
+    "sdpo": Arm("sdpo", "sdpo", distill=SDPO_DISTILL),
 }
 
 
@@ -161,6 +172,7 @@ def train_arm(arm: Arm, seed: int, settings: Settings, base_model: Any, tokenize
         cepo_warmup_steps=arm.warmup_steps,
         cepo_eps_w=settings.eps_w,
         cepo_negative_reference=settings.negative_reference,
+        **{f"cepo_distill_{key}": value for key, value in arm.distill},
     )
     curve: list[dict[str, Any]] = []
 
@@ -193,7 +205,7 @@ def train_arm(arm: Arm, seed: int, settings: Settings, base_model: Any, tokenize
     seconds = time.perf_counter() - tic
     logs = [h for h in trainer.state.log_history if "reward" in h]
     keep = ("reward", "step_time", "cepo/lambda", "cepo/teacher_seconds", "cepo/clip_rate", "entropy",
-            "cepo/delta_pos_frac_adv_pos", "cepo/delta_neg_frac_adv_neg", "frac_reward_zero_std")
+            "cepo/delta_pos_frac_adv_pos", "cepo/delta_neg_frac_adv_neg", "frac_reward_zero_std", "cepo/distill_loss")
     return {"arm": arm.name, "seed": seed, "curve": curve, "seconds": seconds,
             "train_logs": [{k: float(h[k]) for k in keep if k in h} for h in logs]}
 
