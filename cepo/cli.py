@@ -37,6 +37,12 @@ class OneLineParser(argparse.ArgumentParser):
 _Parser = OneLineParser
 
 
+SMOKE_DEFAULT_STEPS = 4
+"""``cepo smoke --steps`` when not given (TRL engine)."""
+VERL_SMOKE_STEPS = 2
+"""Steps of ``cepo smoke --engine verl`` before its resumed step (``cepo.integrations.verl.smoke.SMOKE_STEPS``)."""
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -76,6 +82,12 @@ def _smoke(ns: argparse.Namespace) -> int:
             print("cepo smoke: error: --text runs on the TRL engine (the default --engine trl); the verl smoke run "
                   "uses the tiny Qwen3-VL", file=sys.stderr)
             return 2
+        for option, given in (("--steps", ns.steps is not None), ("--base-model", ns.base_model is not None)):
+            if given:  # the verl smoke run has its own fixed steps and builds its own model: refused, not ignored
+                print(f"cepo smoke: error: {option} applies to the TRL smoke run (the default --engine trl); the verl "
+                      f"smoke run trains {VERL_SMOKE_STEPS} steps, then resumes for one more, on its own tiny model: "
+                      f"leave {option} out", file=sys.stderr)
+                return 2
         return _smoke_verl(ns)
     from cepo.integrations.trl.run import OptionNames
     from cepo.smoke import run_smoke
@@ -83,7 +95,7 @@ def _smoke(ns: argparse.Namespace) -> int:
     result = run_smoke(
         output_dir=ns.output_dir,
         method=ns.method,
-        steps=ns.steps,
+        steps=ns.steps if ns.steps is not None else SMOKE_DEFAULT_STEPS,
         seed=ns.seed,
         use_lora=not ns.no_lora,
         resume=ns.resume,
@@ -127,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cepo.algorithms import METHODS
 
     smoke.add_argument("--method", default="cepo", choices=sorted(METHODS))
-    smoke.add_argument("--steps", type=_positive_int, default=4, help="optimizer steps, at least 1 (default 4)")
+    smoke.add_argument("--steps", type=_positive_int, default=None,
+                       help=f"optimizer steps, at least 1 (default {SMOKE_DEFAULT_STEPS}; TRL engine)")
     smoke.add_argument("--output-dir", default="runs/smoke", help="run directory (default runs/smoke)")
     smoke.add_argument("--seed", type=int, default=0)
     smoke.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA r16/a32")

@@ -57,6 +57,18 @@ def test_text_smoke_refuses_the_verl_engine(capsys):
     assert len(err) == 1 and "--text runs on the TRL engine" in err[0]
 
 
+@pytest.mark.parametrize("option", [["--steps", "3"], ["--base-model", "/tmp/somewhere"]])
+def test_verl_smoke_refuses_trl_only_options(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """The verl smoke run has its own steps and model: --steps / --base-model were ignored without a word."""
+    from cepo.cli import VERL_SMOKE_STEPS, main
+    from cepo.integrations.verl.smoke import SMOKE_STEPS
+
+    assert VERL_SMOKE_STEPS == SMOKE_STEPS  # the message's number is the run's
+    assert main(["smoke", "--engine", "verl", *option]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cepo smoke: error: {option[0]} applies to the TRL smoke run" in err[0], err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"cepo"}))
 def test_text_smoke_every_method(tmp_path, text_smoke_model, method):
