@@ -86,11 +86,12 @@ def problem_text(value: Any) -> str | None:
     return text or None
 
 
-def _column(columns: list[str], candidates: tuple[str, ...], what: str, split: str, option: str) -> str:
+def _column(columns: list[str], candidates: tuple[str, ...], what: str, split: str, option: str, source: str) -> str:
     for name in candidates:
         if name in columns:
             return name
-    raise ValueError(f"{option} split {split!r} has no {what} column ({' or '.join(candidates)}; columns: {columns})")
+    raise ValueError(f"{option} split {split!r} has no {what} column ({' or '.join(candidates)}; columns: {columns}) "
+                     f"in {source!r}; rename the column that holds the {what} to {candidates[0]}")
 
 
 def _answer_cell(row: dict[str, Any], column: str) -> Any:
@@ -105,8 +106,8 @@ def to_verl(dataset: Any, split: str, data_source: str, option: str, on_bad_row:
     """Convert one split to verl's layout; bad rows reported (stderr) and skipped or raised
     (:func:`cepo.data.prepare.rows_to_drop`); with ``deduplicate`` a repeated (problem, answer) row is kept once."""
     columns = list(dataset.column_names)
-    problem_col = _column(columns, PROBLEM_COLUMNS, "problem", split, option)
-    answer_col = _column(columns, ANSWER_COLUMNS, "answer", split, option)
+    problem_col = _column(columns, PROBLEM_COLUMNS, "problem", split, option, data_source)
+    answer_col = _column(columns, ANSWER_COLUMNS, "answer", split, option, data_source)
     problems = [problem_text(v) for v in dataset[problem_col]]
     answers = [_answer_cell({answer_col: v}, answer_col) for v in dataset[answer_col]]
     no_problem = {i: f"no problem text in {problem_col!r}" for i, p in enumerate(problems) if p is None}

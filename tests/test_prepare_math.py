@@ -121,6 +121,7 @@ def test_missing_problem_column_names_the_source(tmp_path, sources, capsys):
     assert _script().main(["--local-dir", str(tmp_path / "out"), *args]) == 2
     line = _error_line(capsys.readouterr().err)
     assert "--train-dataset split 'train' has no problem column (problem or question or prompt" in line
+    assert f"in {str(tmp_path / 'odd.parquet')!r}; rename the column that holds the problem to problem" in line, line
 
 
 def test_local_dir_is_checked_before_any_download(tmp_path, capsys, monkeypatch):
