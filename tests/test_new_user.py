@@ -103,6 +103,14 @@ def test_eval_local_refuses_the_external_evaluators_options(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("benchmarks", ["mmmu", "math500"])
+def test_eval_seed_without_local_is_refused(benchmarks: str, capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path) -> None:
+    """--seed seeds --local's sampling only; lmms-eval / lm-eval never got it."""
+    assert cli_main(["eval", str(tmp_path), "--benchmarks", benchmarks, "--seed", "3", "--dry-run"]) == 2
+    assert "--seed is the sampling seed of --local" in one_error_line(capsys.readouterr().err, "cepo eval:")
+
+
 @pytest.mark.parametrize("extra", [["--no-thinking"], ["--device", "cpu"]])
 def test_eval_vision_benchmarks_refuse_local_only_options(extra: list[str], capsys: pytest.CaptureFixture[str],
                                                           tmp_path: Path) -> None:

@@ -60,6 +60,9 @@ def _eval(ns: argparse.Namespace) -> int:
             if given:
                 raise ValueError(f"{option} is for the benchmarks that lmms-eval / lm-eval run; --local generates and "
                                  f"grades with cepo itself: leave {option} out")
+    if ns.seed is not None and not ns.local:
+        raise ValueError("--seed is the sampling seed of --local; lmms-eval and lm-eval sample with their own seeds: "
+                         "leave --seed out")
     text = not ns.local and is_text_selection(ns.benchmarks)
     if not ns.local and not text:
         for option, given in (("--no-thinking", ns.no_thinking), ("--device", ns.device)):
@@ -81,7 +84,8 @@ def _eval(ns: argparse.Namespace) -> int:
             result, path = evaluate_local(
                 ns.model, ns.local, ns.output_dir, sampling, overwrite=ns.overwrite, base=ns.base,
                 backend=ns.backend or "auto", name=ns.name,
-                label=ns.label, limit=ns.limit, batch_size=ns.batch_size or 8, seed=ns.seed, device=ns.device,
+                label=ns.label, limit=ns.limit, batch_size=ns.batch_size or 8,
+                seed=ns.seed if ns.seed is not None else 0, device=ns.device,
                 chat_template_kwargs=chat_template_kwargs, samples=ns.samples or 1,
             )
         elif text:
@@ -176,7 +180,7 @@ def add_eval_parser(sub: Any) -> None:
     local.add_argument("--local", metavar="DATA", help="a .parquet/.json/.jsonl/.arrow file with problem (or "
                                                        "prompt), optional image(s) and answer")
     local.add_argument("--name", help="benchmark name in eval.json (default: the file's stem)")
-    local.add_argument("--seed", type=int, default=0)
+    local.add_argument("--seed", type=int, default=None, help="sampling seed of --local (default 0)")
     local.add_argument("--no-thinking", action="store_true",
                        help="render the prompts with enable_thinking=false (Qwen3's switch, as configs/text/ trains); "
                             "also for the text benchmarks through lm-eval")
