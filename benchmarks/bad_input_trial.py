@@ -242,6 +242,8 @@ def cases(ws: Path) -> list[Case]:
                  "/usr/bin/python3", *local, expect=["--lmms-eval-python"]),
         evaluate("--no-thinking on vision benchmarks", model, "--benchmarks", "mmmu", "--no-thinking", "--dry-run",
                  expect=["--no-thinking"]),
+        evaluate("--seed without --local", model, "--benchmarks", "mmmu", "--seed", "3", "--dry-run",
+                 expect=["--seed"]),
         evaluate("output dir is a file", model, "--local", f"{ws}/good.jsonl", "--output-dir", f"{ws}/a_file", *local,
                  expect=["a_file"]),
         # cepo smoke
