@@ -216,26 +216,6 @@ def test_step_line_leaves_out_conspo_loss_only() -> None:
     assert "loss 0.0000" in step_line({**row, "loss": 0.0}, "grpo")
 
 
-@pytest.mark.slow
-def test_smoke_conspo_prints_a_number_that_moves(smoke_model: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    import re
-
-    from cepo.smoke import run_smoke
-
-    run_smoke(tmp_path / "run", method="conspo", steps=3, model_dir=smoke_model, echo=True)
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if re.match(r"step +\d+ \|", line)]
-    assert len(lines) == 3 and not any("loss" in line or "lambda" in line for line in lines), lines  # neither has
-    values = [float(re.search(r"1-P\+ ([0-9.]+)", line).group(1)) for line in lines]  # type: ignore[union-attr]
-    assert any(v > 0 for v in values) and all(0 <= v < 1 for v in values), values
-    assert "ConSPO: TRL's loss is 0 at every step by construction" in out
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [round(r["cepo/conspo_neg_prob"], 4) for r in rows] == values
-    assert all(abs(r["loss"]) < 1e-6 for r in rows)  # why it is not printed: TRL's surrogate is 0 at ratio 1
-    assert not any("cepo/lambda" in r for r in rows)  # ConSPO has no λ: neither printed nor plotted (cepo plot)
-
-
 def test_verl_grpo_metrics_have_no_lambda() -> None:
     from cepo.config import CEPOConfig
     from cepo.integrations.verl.credit import apply_token_credit

@@ -57,6 +57,27 @@ def test_text_smoke_refuses_the_verl_engine(capsys):
     assert len(err) == 1 and "--text runs on the TRL engine" in err[0]
 
 
+def test_text_smoke_conspo_prints_a_number_that_moves(tmp_path: Path, text_smoke_model: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17 §3: ConSPO's step line shows 1-P+ (cepo/conspo_neg_prob), not TRL's loss, which is 0 at every step by
+    construction; the number moves over a short run, and no λ is printed or logged (ConSPO has none)."""
+    import re
+
+    from cepo.smoke import run_smoke
+
+    run_smoke(tmp_path / "run", method="conspo", steps=3, model_dir=text_smoke_model, echo=True, text=True)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if re.match(r"step +\d+ \|", line)]
+    assert len(lines) == 3 and not any("loss" in line or "lambda" in line for line in lines), lines
+    values = [float(re.search(r"1-P\+ ([0-9.]+)", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert any(v > 0 for v in values) and all(0 <= v < 1 for v in values), values
+    assert "ConSPO: TRL's loss is 0 at every step by construction" in out
+    rows = _rows(tmp_path / "run" / "metrics.jsonl")
+    assert [round(r["cepo/conspo_neg_prob"], 4) for r in rows] == values
+    assert all(abs(r["loss"]) < 1e-6 for r in rows)  # why it is not printed: TRL's surrogate is 0 at ratio 1
+    assert not any("cepo/lambda" in r for r in rows)
+
+
 @pytest.mark.parametrize("option", [["--steps", "3"], ["--base-model", "/tmp/somewhere"]])
 def test_verl_smoke_refuses_trl_only_options(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """The verl smoke run has its own steps and model: --steps / --base-model were ignored without a word."""
