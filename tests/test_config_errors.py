@@ -99,6 +99,9 @@ BAD_OVERRIDES = [
                  ["algorithm.use_kl_in_reward", "actor_rollout_ref.actor.use_kl_loss"], id="kl-in-reward"),
     pytest.param(["actor_rollout_ref.rollout.multi_turn.enable=true"],
                  ["actor_rollout_ref.rollout.multi_turn.enable", "grpo"], id="multi-turn"),
+    pytest.param(["data.train_files=/nonexistent/train.parquet"],
+                 ["data.train_files entry '/nonexistent/train.parquet' does not exist", "scripts/prepare_geo3k.py"],
+                 id="missing-data-file"),
 ]
 
 
@@ -198,6 +201,11 @@ def test_verl_run_puts_hydra_folder_in_the_run_dir(in_tmp, capsys, monkeypatch):
     monkeypatch.setattr(entry, "run", fake_run)
     monkeypatch.setattr(entry, "start_ray_checked", lambda cfg: None)  # the GPU check (0 GPUs here: exit 2)
     monkeypatch.setattr(entry, "prepare", lambda cfg: None)  # its vLLM check (not installed here: exit 2)
+    data = in_tmp.parent / f"{in_tmp.name}-data"  # outside the working directory the test watches
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / f"{split}.parquet").touch()
+    monkeypatch.setenv("DATA_DIR", str(data))
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:

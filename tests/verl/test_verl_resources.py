@@ -186,7 +186,11 @@ def test_missing_vllm_is_one_line_naming_the_install() -> None:
 
 def _entry_point(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NGPUS")}
-    environ.update({"DATA_DIR": str(tmp_path / "data"), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+    data = tmp_path.parent / f"{tmp_path.name}-data"  # outside tmp_path, which the tests expect to stay empty
+    data.mkdir(exist_ok=True)
+    for split in ("train", "test"):
+        (data / f"{split}.parquet").touch()
+    environ.update({"DATA_DIR": str(data), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "cepo.integrations.verl.main", "--config-name", "cepo",
          f"trainer.default_local_dir={tmp_path / 'run'}", "+ray_kwargs.ray_init.include_dashboard=false", *overrides],
@@ -230,6 +234,7 @@ def test_job_on_a_gpu_less_cluster_waits_then_refuses(ray_head: RayHead, tmp_pat
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.parquet").write_bytes(b"")
+    (data / "test.parquet").write_bytes(b"")
     run = tmp_path / "run"
     out = _run(["bash", str(SCRIPT), "--wait", "cepo"],
                {**ray_head.env, "SUBMISSION_ID": "cepo-test-no-gpu", "DATA_DIR": str(data), "OUTPUT_DIR": str(run),

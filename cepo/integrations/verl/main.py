@@ -155,6 +155,32 @@ def preflight(argv: list[str], directory: Path) -> DictConfig | None:
     return cfg
 
 
+def check_data_files(cfg: DictConfig) -> None:
+    """Every local ``data.train_files`` / ``data.val_files`` entry exists (remote ``scheme://`` entries are verl's to
+    read), checked before Ray starts, so a missing file is one line naming it rather than a failure after the
+    workers start.
+
+    Raises:
+        ConfigError: naming the key, the entry and the preparation script.
+    """
+    from omegaconf import OmegaConf
+
+    script = "scripts/prepare_math.py" if "math" in str(OmegaConf.select(cfg, "data.train_files", default="")) \
+        else "scripts/prepare_geo3k.py"
+    for key in ("data.train_files", "data.val_files"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        entries = [value] if isinstance(value, str) else list(value)
+        for entry in entries:
+            path = str(entry)
+            if "://" in path:
+                continue
+            if not Path(os.path.expanduser(path)).exists():
+                raise ConfigError(f"{key} entry {path!r} does not exist; run {script} (or set DATA_DIR) or fix the "
+                                  "path")
+
+
 def _starts_training(argv: list[str]) -> bool:
     """Whether ``argv`` runs the job (not ``--cfg``/``--help``/...: those print and exit without Ray)."""
     from hydra._internal.utils import get_args_parser
@@ -208,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         directory = configs_dir()
         cfg = preflight(argv, directory)
         if cfg is not None and _starts_training(argv):
+            check_data_files(cfg)
             start_ray_checked(cfg)  # the cluster's GPUs, before Hydra writes its run folder (issue 19)
             prepare(cfg)
         app = hydra.main(config_path=str(directory), config_name=DEFAULT_CONFIG_NAME, version_base=None)(run)
