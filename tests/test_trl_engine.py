@@ -98,6 +98,7 @@ def test_advantages_reaching_trl_loss_equal_cepo_algorithms(smoke_model: Path, t
     args = CEPOGRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_completion_length=16,
         max_steps=2, learning_rate=2e-3, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
+        bf16=False,  # TRL autocasts to bf16 even on CPU; the reference is fp32
     )
     trainer = _RecordingTrainer(
         model=AutoModelForImageTextToText.from_pretrained(smoke_model),
