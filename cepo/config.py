@@ -54,7 +54,7 @@ SDPO_TEMPLATE = "{{ prompt }}\nCorrect solution:\n\n{{ hint }}\n\nCorrectly solv
 
 DISTILL_TEACHERS = ("live", "fixed", "ema")
 """``cepo.distill.teacher``: the live actor, the initial policy (LoRA with the adapter disabled), or an EMA of the
-LoRA adapter (``fixed`` and ``ema``: TRL only)."""
+LoRA adapter (``fixed`` and ``ema``: LoRA only, both engines)."""
 
 
 @dataclass
@@ -70,9 +70,9 @@ class DistillConfig:
     """Jinja template of SDPO's teacher turn, with ``{{ prompt }}`` and ``{{ hint }}`` (the demonstration)."""
     mode: str = "sampled_token"
     """``sampled_token`` (both engines): the per-token advantage ``sg(log P_T - log P_S)`` in the unchanged PG loss
-    (SDPO's TRL default, OPSD's tinker loss). ``topk`` (TRL only): the divergence on a top-k support (``support``),
+    (SDPO's TRL default, OPSD's tinker loss). ``topk``: the divergence on a top-k support (``support``),
     mixed as ``(1 - weight) PG + weight distill`` (OPSD ``--top_k_loss``: the teacher's top-k; SDPO's fork: the
-    student's). ``full`` (TRL only): the whole-vocabulary divergence (OPSD's default), from the teacher's logits
+    student's). ``full``: the whole-vocabulary divergence (OPSD's default), from the teacher's logits
     of a forward in the same micro-batch, chunked over T (no (B, T, V) tensor is carried across the batch)."""
     topk: int = 100
     """``topk`` mode: k, the most likely tokens per response token (SDPO 100; OPSD's top-k script 50)."""

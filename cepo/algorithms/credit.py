@@ -19,7 +19,7 @@ All methods here produce (B, T) token advantages for the engine's unchanged poli
   policy-gradient loss has ConSPO's gradient; it needs one update per rollout batch (no IS ratio in ConSPO).
 
 OPSD and SDPO declare a ``distill_teacher`` (the teacher context they distil towards). In ``cepo.distill.mode``
-``topk`` or ``full`` (TRL only) their distillation is a loss, not an advantage (:func:`loss_teacher` names the
+``topk`` or ``full`` their distillation is a loss, not an advantage (:func:`loss_teacher` names the
 context): the engine adds :func:`cepo.algorithms.divergence.topk_distillation_loss` (the teacher's top-k scored in
 the teacher pass) or :func:`cepo.algorithms.divergence.logits_distillation_loss` (the teacher's logits from a forward
 in the same micro-batch: the whole vocabulary, or the student's top-k) to its PG loss, whose advantage is then
@@ -42,8 +42,8 @@ from cepo.algorithms.references import demonstration_rows, negative_hints, strip
 HINT_KINDS = ("pos", "neg", "demo")
 DISTILL_MODES = ("sampled_token", "topk", "full")
 """``cepo.distill.mode`` of the self-distillation methods: ``sampled_token`` (a per-token advantage in the PG loss,
-both engines), ``topk`` (a divergence loss on a top-k support, TRL only) or ``full`` (the whole-vocabulary divergence
-loss, TRL only)."""
+both engines), ``topk`` (a divergence loss on a top-k support) or ``full`` (the whole-vocabulary divergence
+loss); both engines."""
 """Teacher contexts: ``pos`` = r+ (ground-truth answer), ``neg`` = r- (a wrong answer of the group), ``demo`` = a
 successful rollout of the group (SDPO's demonstration)."""
 
