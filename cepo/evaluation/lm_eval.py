@@ -43,8 +43,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,7 @@ from cepo.evaluation.benchmarks import (  # noqa: F401 - the text table, re-expo
     resolve_text_benchmarks,
     samples_per_problem,
 )
+from cepo.evaluation.interpreter import find_interpreter, installed_version
 from cepo.evaluation.lmms import Backend
 from cepo.evaluation.results import BenchmarkScore
 
@@ -229,31 +228,13 @@ def build_command(
 def find_python(explicit: str | None) -> str:
     """The lm-eval interpreter: ``explicit`` (``--lm-eval-python``), else ``$CEPO_LM_EVAL_PYTHON``; it must exist.
     Raises ``ValueError`` (unset) or ``FileNotFoundError`` naming the option and the setup line."""
-    value = explicit or os.environ.get(PYTHON_ENV)
-    if not value:
-        raise ValueError(
-            f"no lm-eval interpreter for the text benchmarks: pass --lm-eval-python PATH or set {PYTHON_ENV} to the "
-            f"python of a separate lm-eval virtualenv (setup: {SETUP_LINE}); see docs/evaluation.md"
-        )
-    path = Path(value).expanduser()
-    if not path.exists():
-        source = "--lm-eval-python" if explicit else PYTHON_ENV
-        raise FileNotFoundError(f"{source}={value!r} does not exist; create it with: {SETUP_LINE}")
-    return str(path)
+    return find_interpreter(explicit, "--lm-eval-python", PYTHON_ENV, "lm-eval", SETUP_LINE,
+                            purpose=" for the text benchmarks")
 
 
 def lm_eval_version(python: str) -> str:
     """The lm-eval version installed for ``python``; ``ValueError`` (naming the setup line) when it has none."""
-    probe = "import importlib.metadata as m, lm_eval; print(m.version('lm_eval'))"
-    try:
-        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
-    except OSError as err:
-        raise ValueError(f"cannot run the lm-eval interpreter {python!r} ({err}); set it up with: "
-                         f"{SETUP_LINE}") from None
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ValueError(f"{python} cannot import lm_eval ({last}); set it up with: {SETUP_LINE}")
-    return out.stdout.strip().splitlines()[-1]
+    return installed_version(python, "lm-eval", "lm_eval", SETUP_LINE)
 
 
 class LmEvalFailed(RuntimeError):

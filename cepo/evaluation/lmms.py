@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cepo.evaluation.benchmarks import Benchmark, SamplingSettings
+from cepo.evaluation.interpreter import find_interpreter, installed_version
 from cepo.evaluation.results import BenchmarkScore, binomial_stderr
 
 PYTHON_ENV = "CEPO_LMMS_EVAL_PYTHON"
@@ -150,32 +151,12 @@ def build_command(
 def find_python(explicit: str | None) -> str:
     """The lmms-eval interpreter: ``explicit`` (``--lmms-eval-python``), else ``$CEPO_LMMS_EVAL_PYTHON``; it must
     exist. Raises ``ValueError`` (unset) or ``FileNotFoundError`` naming the option and the setup line."""
-    value = explicit or os.environ.get(PYTHON_ENV)
-    if not value:
-        raise ValueError(
-            f"no lmms-eval interpreter: pass --lmms-eval-python PATH or set {PYTHON_ENV} to the python of a separate "
-            f"lmms-eval virtualenv (setup: {SETUP_LINE}); see docs/evaluation.md"
-        )
-    path = Path(value).expanduser()
-    if not path.exists():
-        source = "--lmms-eval-python" if explicit else PYTHON_ENV
-        raise FileNotFoundError(f"{source}={value!r} does not exist; create it with: {SETUP_LINE}")
-    return str(path)
+    return find_interpreter(explicit, "--lmms-eval-python", PYTHON_ENV, "lmms-eval", SETUP_LINE)
 
 
 def lmms_eval_version(python: str) -> str:
     """The lmms-eval version installed for ``python``; ``ValueError`` (naming the setup line) when it has none."""
-    probe = "import importlib.metadata as m, lmms_eval; print(m.version('lmms_eval'))"
-    try:
-        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
-    except OSError as err:
-        raise ValueError(
-            f"cannot run the lmms-eval interpreter {python!r} ({err}); set it up with: {SETUP_LINE}"
-        ) from None
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ValueError(f"{python} cannot import lmms_eval ({last}); set it up with: {SETUP_LINE}")
-    return out.stdout.strip().splitlines()[-1]
+    return installed_version(python, "lmms-eval", "lmms_eval", SETUP_LINE)
 
 
 class LmmsEvalFailed(RuntimeError):
