@@ -154,6 +154,13 @@ def loss_teacher(method: str, mode: str) -> str | None:
     return spec.distill_teacher if mode != "sampled_token" else None
 
 
+def pg_mean_over_teacher_rows(method: str, mode: str, weight: float) -> bool:
+    """Whether an engine's PG token-mean must count only the rows that have a teacher: pure sampled-token
+    distillation (``weight = 1``), where the other rows' advantage is 0 (SDPO's ``self_distillation_mask`` in the
+    denominator; OPSD gives every row a teacher). In ``topk`` / ``full`` mode the divergence loss does this itself."""
+    return get_method(method).distill_teacher is not None and loss_teacher(method, mode) is None and weight == 1.0
+
+
 # -- the plan: which teacher rows a batch needs ------------------------------------------------------------------
 @dataclass
 class TeacherPlan:

@@ -63,6 +63,7 @@ from cepo.algorithms import (
     importance_weight,
     logits_distillation_loss,
     loss_teacher,
+    pg_mean_over_teacher_rows,
     plan_teacher_passes,
     rollout_scores,
     sampled_token_logps,
@@ -515,8 +516,7 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         """Whether the PG loss of a sampled-token distillation is averaged over the rows that have a teacher only:
         pure distillation (``cepo.distill.weight = 1``), where the other rows' advantage is 0 (SDPO's token-mean over
         ``response_mask × self_distillation_mask``; OPSD gives every row a teacher)."""
-        return (self.method.distill_teacher is not None and self.loss_kind is None
-                and self.cepo.distill.weight == 1.0)
+        return pg_mean_over_teacher_rows(self.method.name, self.cepo.distill.mode, self.cepo.distill.weight)
 
     def _drop_rows_without_teacher(self, output: dict[str, Any], credit: CreditInputs) -> None:
         """Zero the completion mask of the local rows without a teacher (their advantage is 0, their loss term 0)

@@ -92,10 +92,10 @@ class WorkerDistill:
     @classmethod
     def from_cepo(cls, cepo: Any) -> WorkerDistill:
         """From a ``cepo.config.CEPOConfig`` (its ``distill`` block)."""
-        from cepo.algorithms import get_method
+        from cepo.algorithms import loss_teacher
 
         distill = cepo.distill
-        in_loss = get_method(cepo.method).distill_teacher is not None and distill.mode != "sampled_token"
+        in_loss = loss_teacher(cepo.method, distill.mode) is not None
         return cls(teacher=distill.teacher, ema_rate=float(distill.ema_rate), in_loss=in_loss,
                    topk=int(distill.topk) if distill.mode == "topk" else None, support=distill.support,
                    tail=bool(distill.tail), alpha=float(distill.alpha),

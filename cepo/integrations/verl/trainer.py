@@ -37,7 +37,14 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from cepo.algorithms import get_method, group_advantages, loss_teacher, plan_teacher_passes, teacher_passes
+from cepo.algorithms import (
+    get_method,
+    group_advantages,
+    loss_teacher,
+    pg_mean_over_teacher_rows,
+    plan_teacher_passes,
+    teacher_passes,
+)
 from cepo.algorithms.metrics import logged_metrics
 from cepo.config import CEPOConfig
 from cepo.integrations.verl.credit import (
@@ -223,6 +230,22 @@ class CEPOTrainerSync(PPOTrainerSync):
         self._cepo_teacher_seconds = time.perf_counter() - start
         return batch
 
+    def _teacher_rows(
+        self, jobs: list[tuple[int, str, str]], responses: list[Any], raw_prompts: list[Any], mm_inputs: list[Any],
+        kinds: tuple[str, ...],
+    ) -> list[Any]:
+        """The teacher rows ``[student prompt + hint] + response`` of every (row, kind, hint) job
+        (:func:`~cepo.integrations.verl.teacher_batch.build_teacher_rows`)."""
+        if not jobs:
+            return []
+        return build_teacher_rows(
+            self.processor if self.processor is not None else self.tokenizer,
+            [raw_prompts[i] for i, _, _ in jobs], [hint for _, _, hint in jobs], [responses[i] for i, _, _ in jobs],
+            [mm_inputs[i] for i, _, _ in jobs], self.cepo.template_for(kinds), self.cepo.teacher_sees_image,
+            self._rope_index_fn(), self.cepo.teacher_max_prompt_length, row_ids=[i for i, _, _ in jobs],
+            chat_template_kwargs=self._chat_template_kwargs(),
+        )
+
     def _write_teacher_sequences(
         self, batch: Any, jobs: list[tuple[int, str, str]], responses: list[Any], raw_prompts: list[Any],
         mm_inputs: list[Any], kinds: tuple[str, ...], plan: Any, real: list[int],
@@ -235,16 +258,9 @@ class CEPOTrainerSync(PPOTrainerSync):
                               select_fields=["input_ids", "position_ids"])
         ids = [own["input_ids"][i] for i in range(n)]
         positions = [own["position_ids"][i] for i in range(n)]
-        if jobs:
-            built = build_teacher_rows(
-                self.processor if self.processor is not None else self.tokenizer,
-                [raw_prompts[i] for i, _, _ in jobs], [hint for _, _, hint in jobs], [responses[i] for i, _, _ in jobs],
-                [mm_inputs[i] for i, _, _ in jobs], self.cepo.template_for(kinds), self.cepo.teacher_sees_image,
-                self._rope_index_fn(), self.cepo.teacher_max_prompt_length, row_ids=[i for i, _, _ in jobs],
-                chat_template_kwargs=self._chat_template_kwargs(),
-            )
-            for (i, _, _), row in zip(jobs, built, strict=True):
-                ids[i], positions[i] = row.input_ids, row.position_ids
+        built = self._teacher_rows(jobs, responses, raw_prompts, mm_inputs, kinds)
+        for (i, _, _), row in zip(jobs, built, strict=True):
+            ids[i], positions[i] = row.input_ids, row.position_ids
         flags = torch.zeros(n, dtype=torch.bool)
         for j, i in enumerate(real):
             flags[i] = bool(plan.has_teacher[j])
@@ -262,21 +278,7 @@ class CEPOTrainerSync(PPOTrainerSync):
     ) -> list[torch.Tensor]:
         """Score every (row, kind, hint) job on the actor workers in one ``compute_log_prob`` call (under a fixed or EMA
         teacher's weights: the worker's ``cepo_teacher_log_prob``)."""
-        rope = self._rope_index_fn()
-        processing = self.processor if self.processor is not None else self.tokenizer
-        rows = [nested_row_fields(row) for row in build_teacher_rows(
-            processing,
-            [raw_prompts[i] for i, _, _ in jobs],
-            [hint for _, _, hint in jobs],
-            [responses[i] for i, _, _ in jobs],
-            [mm_inputs[i] for i, _, _ in jobs],
-            self.cepo.template_for(kinds),
-            self.cepo.teacher_sees_image,
-            rope,
-            self.cepo.teacher_max_prompt_length,
-            row_ids=[i for i, _, _ in jobs],
-            chat_template_kwargs=self._chat_template_kwargs(),
-        )]
+        rows = [nested_row_fields(row) for row in self._teacher_rows(jobs, responses, raw_prompts, mm_inputs, kinds)]
         keys = [f"{batch.keys[i]}::{kind}" for i, kind, _ in jobs]
         multiple = self._teacher_batch_multiple()
         pad_token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
@@ -327,7 +329,7 @@ class CEPOTrainerSync(PPOTrainerSync):
         metrics.update(apply_token_credit(proto, self.cepo, step, teacher_seconds=self._cepo_teacher_seconds,
                                           progress=step / max(1, total)))
         output = {k: response_to_nested(proto.batch[k], response_mask) for k in ("advantages", "returns")}
-        if spec.distill_teacher is not None and not in_loss and self.cepo.distill.weight == 1.0 and kinds:
+        if kinds and pg_mean_over_teacher_rows(self.cepo.method, self.cepo.distill.mode, self.cepo.distill.weight):
             # pure sampled-token distillation: rows without a teacher (advantage 0) leave the token-mean's denominator
             # (verl counts loss_mask), as SDPO's self_distillation_mask; the workers' loss does the same in top-k/full
             has_teacher = torch.as_tensor(non_tensor[HAS_TEACHER_KEY], dtype=torch.bool)
