@@ -35,3 +35,13 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("cepo.integrations.trl.from_config.load_model", stub)
     monkeypatch.setattr("cepo.integrations.trl.data.load_processing_class", stub)
+
+
+LONGEST_FIRST = ("test_verl_main_job.py",)
+"""Test files whose cases take minutes (verl's whole training loop, ~75 s per run): collected first, so that with
+the README's ``-n 2`` (and pyproject's ``--maxschedchunk=1``) pytest-xdist's two workers start on them side by side
+instead of finishing with them one after another."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the rest keeps pytest's order
