@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cepo.algorithms import CREDIT_REGISTRY, DISTILL_MODES, METHODS, NEGATIVE_REFERENCES, LambdaSchedule, get_method
-from cepo.algorithms.divergence import SUPPORTS
+from cepo.algorithms.divergence import LOSS_AGGS, SUPPORTS
 from cepo.algorithms.schedules import SCHEDULES
 from cepo.teacher import DEFAULT_TEACHER_TEMPLATE, compile_template
 
@@ -99,6 +99,13 @@ class DistillConfig:
     ema_rate: float = 0.05
     """``ema`` teacher: ``theta_T <- (1 - rate) theta_T + rate theta`` (SDPO ``teacher_update_rate`` 0.05; OPSD's
     ``ema_decay`` 0.999 is rate 0.001)."""
+    loss_agg: str = "token-mean"
+    """``topk`` / ``full`` mode: how the divergence loss averages over a mini-batch (verl) / accumulation window
+    (TRL), all processes: ``token-mean`` ``Σ m·ρ·D / N`` (N = response tokens of the rows that have a teacher) or
+    ``seq-mean-token-mean`` ``(1/R) Σ_r (Σ_t m·ρ·D_{r,t}) / L_r`` (R = all rows, those without a teacher adding 0;
+    L_r = row r's response tokens): the authors' objective (lasgroup/SDPO and siyan-zhao/OPSD run one sequence per
+    micro-batch and average over gradient accumulation; configs/opsd.yaml and sdpo.yaml set it).
+    ``sampled_token`` mode must keep ``token-mean`` (its PG loss uses the engine's own aggregation)."""
 
 
 @dataclass
@@ -253,14 +260,23 @@ class CEPOConfig:
             raise ValueError(f"cepo.distill.teacher must be one of {list(DISTILL_TEACHERS)}, got {distill.teacher!r}")
         if not 0.0 <= distill.ema_rate <= 1.0:
             raise ValueError(f"cepo.distill.ema_rate must be in [0, 1], got {distill.ema_rate}")
+        if distill.loss_agg not in LOSS_AGGS:
+            raise ValueError(f"cepo.distill.loss_agg must be one of {list(LOSS_AGGS)}, got {distill.loss_agg!r}")
         if get_method(self.method).distill_teacher is None:
             distilling = ", ".join(sorted(m for m, spec in METHODS.items() if spec.distill_teacher is not None))
-            for key, value, default in (("mode", distill.mode, "sampled_token"), ("teacher", distill.teacher, "live")):
+            for key, value, default in (("mode", distill.mode, "sampled_token"), ("teacher", distill.teacher, "live"),
+                                        ("loss_agg", distill.loss_agg, "token-mean")):
                 if value != default:
                     raise ValueError(
                         f"cepo.distill.{key}={value} applies to the self-distillation methods ({distilling}) only; "
                         f"cepo.method is {self.method!r}: remove it or set cepo.distill.{key}={default}"
                     )
+        if distill.mode == "sampled_token" and distill.loss_agg != "token-mean":
+            raise ValueError(
+                f"cepo.distill.loss_agg={distill.loss_agg} applies to cepo.distill.mode=topk|full (the divergence "
+                "loss) only; with mode=sampled_token the PG loss uses the engine's own aggregation: set "
+                "cepo.distill.loss_agg=token-mean"
+            )
 
     @property
     def schedule(self) -> LambdaSchedule:

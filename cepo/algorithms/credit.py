@@ -157,7 +157,13 @@ def loss_teacher(method: str, mode: str) -> str | None:
 def pg_mean_over_teacher_rows(method: str, mode: str, weight: float) -> bool:
     """Whether an engine's PG token-mean must count only the rows that have a teacher: pure sampled-token
     distillation (``weight = 1``), where the other rows' advantage is 0 (SDPO's ``self_distillation_mask`` in the
-    denominator; OPSD gives every row a teacher). In ``topk`` / ``full`` mode the divergence loss does this itself."""
+    denominator; OPSD gives every row a teacher). In ``topk`` / ``full`` mode the divergence loss does this itself.
+
+    ``cepo.distill.loss_agg`` does not enter: it aggregates the divergence loss of ``topk`` / ``full`` mode, where this
+    is False (and with ``weight < 1`` the PG term keeps the engine's own aggregation over all rows), and is refused in
+    ``sampled_token`` mode unless ``token-mean`` (``CEPOConfig``). So the authors' counting of teacher-less rows
+    (``seq-mean-token-mean``) lives in :func:`cepo.algorithms.loss_aggregation` alone, and the sampled-token PG mean
+    stays SDPO's token-mean over ``response_mask × self_distillation_mask``."""
     return get_method(method).distill_teacher is not None and loss_teacher(method, mode) is None and weight == 1.0
 
 

@@ -31,6 +31,12 @@ import torch
 from cepo.algorithms._checks import as_bool_mask, check_2d, check_finite, check_same_shape
 
 SUPPORTS = ("teacher", "student")
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
+"""``cepo.distill.loss_agg``: how the divergence loss (``mode=topk|full``) reduces the masked per-token divergences
+``D`` of a mini-batch / accumulation window (verl's names): ``token-mean`` ``Σ_{r,t} m·ρ·D / N_tokens`` (the tokens of
+rows that have a teacher), ``seq-mean-token-mean`` ``(1/R) Σ_r (Σ_t m·ρ·D_{r,t}) / L_r`` (all R rows, rows without a
+teacher adding 0; ``L_r`` = row r's masked response tokens): the authors' objective (lasgroup/SDPO's one row per
+micro-batch, siyan-zhao/OPSD's one sequence per device, each averaged over gradient accumulation)."""
 
 
 def _check_log_probs(name: str, tensor: torch.Tensor) -> None:
@@ -259,8 +265,65 @@ def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
+def row_token_mean_weights(loss_mask: torch.Tensor, row_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token weights ``w = m / L_r`` with ``L_r = Σ_t m_{r,t}`` the masked tokens of the token's row, so that
+    ``Σ_t w·D`` is row r's masked token-mean (0 for a row with no masked token).
+
+    Args:
+        loss_mask: (B, T) 0/1 or bool, row = first dimension; or (N,) packed positions (verl's remove-padding
+            layout) with ``row_index``.
+        row_index: (N,) integer row of each packed position (read on the masked positions only); None for (B, T).
+
+    Returns:
+        Weights of ``loss_mask``'s shape, float64 (0 off the mask; the loss casts them to its compute dtype, so a
+        float64 loss gets ``1 / L_r`` to float64 rounding).
+    """
+    mask = as_bool_mask("loss_mask", loss_mask)
+    if row_index is None:
+        check_2d("loss_mask", loss_mask)
+        lengths = mask.sum(dim=-1, keepdim=True).expand_as(mask)
+    else:
+        if mask.dim() != 1 or tuple(row_index.shape) != tuple(mask.shape):
+            raise ValueError(f"a packed loss_mask and row_index must both be (N,), got {tuple(mask.shape)} and "
+                             f"{tuple(row_index.shape)}")
+        rows = torch.where(mask, row_index.long(), torch.zeros_like(row_index, dtype=torch.long))
+        if bool(mask.any()) and int(rows.min()) < 0:
+            raise ValueError("row_index must be >= 0 on the masked positions")
+        counts = torch.bincount(rows[mask], minlength=int(rows.max()) + 1 if rows.numel() else 1)
+        lengths = counts[rows]
+    return mask.double() / lengths.clamp(min=1).double()
+
+
+def loss_aggregation(loss_agg: str, loss_mask: torch.Tensor, tokens: float | torch.Tensor, rows: float | torch.Tensor,
+                     row_index: torch.Tensor | None = None) -> tuple[torch.Tensor | None, float | torch.Tensor]:
+    """The ``(token_weight, normalizer)`` pair of the distillation losses for ``cepo.distill.loss_agg``
+    (:data:`LOSS_AGGS`): the loss is ``Σ m·ρ·w·D / normalizer``.
+
+    * ``token-mean``: ``(None, tokens)``: ``Σ m·ρ·D / N_tokens``.
+    * ``seq-mean-token-mean``: ``(m / L_r, rows)`` (:func:`row_token_mean_weights`): ``(1/R) Σ_r Σ_t m·ρ·D / L_r``.
+
+    Both engines call this with counts already in their own convention (the mini-batch's, or the generation batch's
+    scaled to one accumulation window, summed over ranks and divided by their number, as the engine's gradient
+    averaging needs), so ``tokens`` and ``rows`` are counted over the same rows: ``rows`` includes the rows without a
+    teacher (they add 0 to the sum, as in SDPO's fork), ``tokens`` only the masked tokens.
+
+    Args:
+        loss_agg: ``"token-mean"`` or ``"seq-mean-token-mean"``.
+        loss_mask: (B, T), or (N,) packed with ``row_index``: the masked positions of this micro-batch.
+        tokens: the token normaliser (> 0 where used).
+        rows: the row normaliser (> 0 where used).
+        row_index: (N,) row of each packed position, or None for (B, T).
+    """
+    if loss_agg == "token-mean":
+        return None, tokens
+    if loss_agg == "seq-mean-token-mean":
+        return row_token_mean_weights(loss_mask, row_index), rows
+    raise ValueError(f"loss_agg must be one of {list(LOSS_AGGS)}, got {loss_agg!r}")
+
+
 def _check_loss_inputs(student_logits: torch.Tensor, loss_mask: torch.Tensor, normalizer: float | torch.Tensor,
-                       is_weight: torch.Tensor | None, temperature: float) -> torch.Tensor:
+                       is_weight: torch.Tensor | None, temperature: float,
+                       token_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Shapes of the batch losses; returns the (B, T) bool mask."""
     _check_log_probs("student_logits", student_logits)
     check_2d("loss_mask", loss_mask)
@@ -271,10 +334,12 @@ def _check_loss_inputs(student_logits: torch.Tensor, loss_mask: torch.Tensor, no
         )
     if is_weight is not None:
         check_same_shape("loss_mask", loss_mask, is_weight=is_weight)
+    if token_weight is not None:
+        check_same_shape("loss_mask", loss_mask, token_weight=token_weight)
     if not float(temperature) > 0:
         raise ValueError(f"temperature must be > 0 (the rollout temperature), got {temperature}")
     if not bool(torch.as_tensor(normalizer) > 0):
-        raise ValueError(f"normalizer must be > 0 (a token count), got {float(torch.as_tensor(normalizer))}")
+        raise ValueError(f"normalizer must be > 0 (a token or row count), got {float(torch.as_tensor(normalizer))}")
     return as_bool_mask("loss_mask", loss_mask)
 
 
@@ -311,8 +376,10 @@ def _chunked_masked_loss(
     normalizer: float | torch.Tensor,
     is_weight: torch.Tensor | None,
     chunk_size: int | None,
+    token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ_{b,t} mask·ρ·D_{b,t} / normalizer``, with ``D`` computed over chunks of T (paper's OPSD / SDPO losses).
+    """``Σ_{b,t} mask·ρ·w·D_{b,t} / normalizer``, with ``D`` computed over chunks of T (paper's OPSD / SDPO losses);
+    ``ρ`` = ``is_weight``, ``w`` = ``token_weight`` (both (B, T) constants, 1 when None).
 
     ``divergence_of(logits_chunk, start, end)`` returns the (B, end - start) divergences of positions ``start:end``
     from the student's (B, end - start, V) logits chunk. Under autograd, each chunk's gradient is computed right away
@@ -339,6 +406,8 @@ def _chunked_masked_loss(
         per_token[:, start:end] = divergence.detach()
         if is_weight is not None:
             divergence = divergence * is_weight[:, start:end].detach().to(dtype)
+        if token_weight is not None:
+            divergence = divergence * token_weight[:, start:end].detach().to(dtype)
         return divergence.sum()
 
     if torch.is_grad_enabled() and student_logits.requires_grad:
@@ -361,15 +430,18 @@ def topk_distillation_loss(
     is_weight: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k self-distillation loss of a batch (OPSD ``--top_k_loss``; SDPO ``topk`` with the teacher's support):
-    ``Σ_{b,t} mask_{b,t}·ρ_{b,t}·D_alpha(P_S, P_T)_{b,t} / normalizer`` (``ρ = 1`` without ``is_weight``).
+    ``Σ_{b,t} mask_{b,t}·ρ_{b,t}·w_{b,t}·D_alpha(P_S, P_T)_{b,t} / normalizer`` (``ρ = 1`` without ``is_weight``,
+    ``w = 1`` without ``token_weight``).
 
     Per token, ``D_alpha`` is :func:`divergence_on_teacher_topk` of ``log_softmax(student_logits / temperature)`` on
     the teacher's top-k ids (with one tail category, or renormalised). The student's log-probs on the support are
     ``logits[ids] - logsumexp(logits)``, computed chunk by chunk over T (:func:`_chunked_masked_loss`), so no
-    (B, T, V) float32 copy of the logits is made. The engines pass a token count as ``normalizer`` (TRL's ``dapo``
-    normaliser: the masked tokens of the global batch, per accumulation window), i.e. a masked token-mean.
+    (B, T, V) float32 copy of the logits is made. The engines take ``(token_weight, normalizer)`` from
+    :func:`loss_aggregation`: ``(None, tokens)`` for a masked token-mean (TRL's ``dapo`` normaliser: the masked tokens
+    of the global batch, per accumulation window), ``(m / L_r, rows)`` for the authors' mean of per-row token-means.
 
     Args:
         student_logits: (B, T, V) student logits at the response positions (any float dtype); carries the gradient.
@@ -378,16 +450,18 @@ def topk_distillation_loss(
         loss_mask: (B, T) 0/1 or bool: response tokens of rows that have a teacher.
         alpha: 0 forward KL(T‖S), 1 reverse KL(S‖T), else the generalized JSD (:func:`token_divergence`).
         tail: one tail category holding the mass outside the top-k (SDPO ``add_tail``), else renormalise (OPSD).
-        normalizer: the token count the masked sum is divided by, > 0.
+        normalizer: the token (or, with ``token_weight``, row) count the weighted masked sum is divided by, > 0.
         is_weight: optional (B, T) constant per-token weights ``ρ``, SDPO's clipped importance ratio
             (:func:`importance_weight`); ``per_token`` stays the unweighted divergence.
         temperature: the logits are divided by it (the rollout temperature), chunk by chunk.
         chunk_size: tokens per chunk over T (None: :func:`token_chunk_size`).
+        token_weight: optional (B, T) constant per-token weights ``w`` of the aggregation (:func:`loss_aggregation`:
+            ``1 / L_r`` for ``seq-mean-token-mean``); ``per_token`` stays the unweighted divergence.
 
     Returns:
         ``(loss, per_token)``: the scalar loss (with gradient) and the (B, T) detached divergences (0 off the mask).
     """
-    mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature)
+    mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature, token_weight)
     if tuple(teacher_topk_logps.shape[:2]) != tuple(loss_mask.shape):
         raise ValueError(
             f"teacher_topk_logps must be (B, T, k) with (B, T) = {tuple(loss_mask.shape)}, "
@@ -402,7 +476,7 @@ def topk_distillation_loss(
         student_on_support = gather_support(scaled, ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)
         return _support_divergence(student_on_support, teacher_topk_logps[:, start:end].to(dtype), alpha, tail)
 
-    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size)
+    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size, token_weight)
 
 
 def logits_distillation_loss(
@@ -417,6 +491,7 @@ def logits_distillation_loss(
     is_weight: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The self-distillation loss of a micro-batch from the student's and the teacher's logits of the same step.
 
@@ -424,7 +499,7 @@ def logits_distillation_loss(
     whole-vocabulary :func:`token_divergence` of ``log_softmax(z_S / τ)`` and ``log_softmax(z_T / τ)``. ``topk=k``
     (``mode=topk``): :func:`topk_divergence` on the ``support``'s top-k ids (``"student"``: SDPO's fork, chosen
     from the student's current logits; ``"teacher"``: OPSD ``--top_k_loss``), with a tail bucket or renormalised.
-    Reduced as :func:`topk_distillation_loss`: ``Σ mask·ρ·D / normalizer``, chunk by chunk over T with the gradient
+    Reduced as :func:`topk_distillation_loss`: ``Σ mask·ρ·w·D / normalizer``, chunk by chunk over T with the gradient
     computed per chunk (:func:`_chunked_masked_loss`), so besides the two forwards' own (B, T, V) logits and the
     student logits' gradient only (B, chunk, V) float32 temporaries exist.
 
@@ -433,23 +508,25 @@ def logits_distillation_loss(
         teacher_logits: (B, T, V) teacher logits at the same positions (a constant: detached here).
         loss_mask: (B, T) 0/1 or bool: response tokens of rows that have a teacher.
         alpha: 0 forward KL(T‖S), 1 reverse KL(S‖T), else the generalized JSD.
-        normalizer: the token count the masked sum is divided by, > 0.
+        normalizer: the token (or, with ``token_weight``, row) count the weighted masked sum is divided by, > 0.
         topk: k of the top-k support, or None for the full vocabulary.
         support: ``"student"`` or ``"teacher"``: whose top-k ids form the support (``topk`` only).
         tail: top-k only: one tail category (SDPO ``add_tail``), else renormalise over the support.
         is_weight: optional (B, T) constant per-token weights (SDPO's clipped importance ratio).
         temperature: both logit sets are divided by it (the rollout temperature), chunk by chunk.
         chunk_size: tokens per chunk over T (None: :func:`token_chunk_size`).
+        token_weight: optional (B, T) constant per-token weights ``w`` of the aggregation (:func:`loss_aggregation`:
+            ``1 / L_r`` for ``seq-mean-token-mean``); ``per_token`` stays the unweighted divergence.
 
     Returns:
         ``(loss, per_token)``: the scalar loss (with gradient) and the (B, T) detached divergences (0 off the mask).
     """
-    mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature)
+    mask = _check_loss_inputs(student_logits, loss_mask, normalizer, is_weight, temperature, token_weight)
     _check_pair(student_logits, teacher_logits, "_logits", "(B, T, V) at the same positions", support)
     teacher = teacher_logits.detach()
     divergence_of = _logits_divergence(student_logits, lambda start, end: teacher[:, start:end], alpha, topk,
                                        support, tail, temperature)
-    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size)
+    return _chunked_masked_loss(divergence_of, student_logits, mask, normalizer, is_weight, chunk_size, token_weight)
 
 
 def _logits_divergence(
@@ -487,6 +564,7 @@ def packed_logits_distillation_loss(
     is_weight: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`logits_distillation_loss` on packed sequences (verl's remove-padding layout): the student's logits of
     every position of a micro-batch's concatenated sequences, the teacher's of its own (differently long) sequences,
@@ -504,6 +582,8 @@ def packed_logits_distillation_loss(
         loss_mask: (N,) 0/1 or bool: the positions predicting a response token of a row that has a teacher.
         alpha, normalizer, topk, support, tail, temperature, chunk_size: as :func:`logits_distillation_loss`.
         is_weight: optional (N,) constant per-position weights (SDPO's clipped importance ratio).
+        token_weight: optional (N,) constant per-position aggregation weights (:func:`loss_aggregation` with the
+            positions' ``row_index``).
 
     Returns:
         ``(loss, per_token)``: the scalar loss (with gradient) and the (N,) detached divergences (0 off the mask).
@@ -517,10 +597,12 @@ def packed_logits_distillation_loss(
     for name, tensor in (("teacher_index", teacher_index), ("loss_mask", loss_mask)):
         if tuple(tensor.shape) != (n,):
             raise ValueError(f"{name} must be (N,) with N = {n} student positions, got {tuple(tensor.shape)}")
-    if is_weight is not None and tuple(is_weight.shape) != (n,):
-        raise ValueError(f"is_weight must be (N,) with N = {n}, got {tuple(is_weight.shape)}")
+    for name, weight in (("is_weight", is_weight), ("token_weight", token_weight)):
+        if weight is not None and tuple(weight.shape) != (n,):
+            raise ValueError(f"{name} must be (N,) with N = {n}, got {tuple(weight.shape)}")
+    row_weight = None if token_weight is None else token_weight.unsqueeze(0)
     mask = _check_loss_inputs(logits, loss_mask.unsqueeze(0), normalizer,
-                              None if is_weight is None else is_weight.unsqueeze(0), temperature)
+                              None if is_weight is None else is_weight.unsqueeze(0), temperature, row_weight)
     rows = torch.where(mask[0], teacher_index.long(), torch.zeros_like(teacher_index, dtype=torch.long))
     if bool(mask.any()) and (int(rows[mask[0]].min()) < 0 or int(rows[mask[0]].max()) >= teacher_logits.shape[0]):
         raise ValueError(f"teacher_index must lie in [0, {teacher_logits.shape[0]}) on the masked positions")
@@ -528,7 +610,8 @@ def packed_logits_distillation_loss(
     divergence_of = _logits_divergence(logits, lambda start, end: teacher[rows[start:end]].unsqueeze(0), alpha,
                                        topk, support, tail, temperature)
     loss, per_token = _chunked_masked_loss(divergence_of, logits, mask, normalizer,
-                                           None if is_weight is None else is_weight.unsqueeze(0), chunk_size)
+                                           None if is_weight is None else is_weight.unsqueeze(0), chunk_size,
+                                           row_weight)
     return loss, per_token[0]
 
 

@@ -37,6 +37,7 @@ FIELD_KEYS: dict[str, str] = {
     "cepo_distill_is_clip": "distill.is_clip",
     "cepo_distill_teacher": "distill.teacher",
     "cepo_distill_ema_rate": "distill.ema_rate",
+    "cepo_distill_loss_agg": "distill.loss_agg",
     "cepo_conspo_tau": "conspo.tau",
     "cepo_conspo_margin": "conspo.margin",
     "cepo_conspo_margin_warmup_ratio": "conspo.margin_warmup_ratio",
@@ -98,6 +99,13 @@ class CEPOGRPOConfig(GRPOConfig):
     )
     cepo_distill_ema_rate: float = field(
         default=0.05, metadata={"help": "OPSD/SDPO ema teacher: theta_T <- (1 - rate) theta_T + rate theta"}
+    )
+    cepo_distill_loss_agg: str = field(
+        default="token-mean",
+        metadata={"help": "OPSD/SDPO topk / full mode: the divergence loss over an accumulation window: token-mean "
+                          "(sum / tokens of rows with a teacher) | seq-mean-token-mean (mean over all rows of each "
+                          "row's token-mean, rows without a teacher adding 0: the authors'); sampled_token: "
+                          "token-mean"},
     )
     cepo_conspo_tau: float = field(default=10.0, metadata={"help": "ConSPO: contrastive temperature"})
     cepo_conspo_margin: float = field(default=0.01, metadata={"help": "ConSPO: target margin M"})

@@ -27,7 +27,8 @@ from cepo.teacher import TeacherInputs
 PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
 """Model inputs with one entry per token (B, L): the teacher rows carry their own (``teacher_<key>``)."""
 
-LOSS_TEACHER_KEYS = ("teacher_prompt_ids", "teacher_prompt_mask", "distill_mask", "distill_num_items")
+LOSS_TEACHER_KEYS = ("teacher_prompt_ids", "teacher_prompt_mask", "distill_mask", "distill_num_items",
+                     "distill_num_rows")
 """What the teacher pass adds to TRL's output dict when the teacher runs in the loss: (B, P_T) left-padded teacher
 prompt ids and mask, the (B, T) loss mask (response tokens of rows with a teacher) and its token count over the whole
 generation batch (plus ``teacher_<key>`` (B, P_T) for each :data:`PER_TOKEN_KEYS` the model takes)."""

@@ -62,6 +62,7 @@ from cepo.algorithms import (
     get_method,
     importance_weight,
     logits_distillation_loss,
+    loss_aggregation,
     loss_teacher,
     pg_mean_over_teacher_rows,
     plan_teacher_passes,
@@ -101,7 +102,7 @@ EMA_ADAPTER = "teacher"
 EMA_FILE = "ema_teacher.safetensors"
 """The EMA adapter's tensors in a checkpoint (and ``final/``), keyed by the trained adapter's parameter names."""
 
-TOPK_KEYS = ("teacher_topk_logps", "teacher_topk_indices", "distill_mask", "distill_num_items")
+TOPK_KEYS = ("teacher_topk_logps", "teacher_topk_indices", "distill_mask", "distill_num_items", "distill_num_rows")
 """What the teacher pass adds to TRL's output dict in top-k mode: (B, T, k) teacher log-probs and vocabulary ids,
 the (B, T) loss mask (response tokens of rows with a teacher) and its token count over the whole generation batch."""
 
@@ -511,6 +512,8 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 output["teacher_topk_logps"], output["teacher_topk_indices"] = topk
             output["distill_mask"] = distill_mask
             output["distill_num_items"] = self.accelerator.gather(distill_mask.sum().float().reshape(1)).sum()
+            rows = torch.tensor([float(distill_mask.shape[0])], device=distill_mask.device)
+            output["distill_num_rows"] = self.accelerator.gather(rows).sum()  # with the rows without a teacher
 
     def _teacher_rows_only(self) -> bool:
         """Whether the PG loss of a sampled-token distillation is averaged over the rows that have a teacher only:
@@ -628,8 +631,11 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         completion positions, at TRL's temperature); P_T the teacher's top-k scored in the teacher pass
         (:func:`cepo.algorithms.topk_distillation_loss`) or the teacher's logits from a forward in this micro-batch
         (:func:`cepo.algorithms.logits_distillation_loss`: ``full``, or the student's top-k); both chunked over T.
-        N = the masked tokens of the generation batch scaled to one accumulation window, as TRL's ``dapo`` normaliser
-        (so the sum over a window is a token-mean over the rows that have a teacher)."""
+        Aggregated by ``cepo.distill.loss_agg`` (:func:`cepo.algorithms.loss_aggregation`): ``token-mean``: N = the
+        masked tokens of the generation batch scaled to one accumulation window, as TRL's ``dapo`` normaliser (so the
+        sum over a window is a token-mean over the rows that have a teacher); ``seq-mean-token-mean``: each token
+        weighted by 1/L_r (its row's masked tokens) and N = the generation batch's rows (with those without a teacher)
+        scaled the same way, so the window's sum is the mean over its rows of per-row token-means (the authors')."""
         completion_ids = inputs["completion_ids"]
         distill = self.cepo.distill
         teacher_logits = self._micro_batch_teacher_logits(model, inputs) if self.teacher_in_loss else None
@@ -638,10 +644,14 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             model, inputs, input_ids=torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
             attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1), **forward,
         )
-        normalizer = inputs["distill_num_items"].clamp(min=1.0) / self.accelerator.num_processes
-        if self.model.training:  # as TRL's dapo: the generation batch's count, per accumulation window
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         mask = inputs["distill_mask"]
+        window = 1.0 / self.accelerator.num_processes
+        if self.model.training:  # as TRL's dapo: the generation batch's count, per accumulation window
+            window = window * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        token_weight, normalizer = loss_aggregation(
+            distill.loss_agg, mask, tokens=inputs["distill_num_items"].clamp(min=1.0) * window,
+            rows=inputs["distill_num_rows"].clamp(min=1.0) * window,
+        )
         is_weight = None
         old_logps = inputs.get("old_per_token_logps")
         if distill.is_clip is not None and old_logps is not None:  # SDPO's correction for off-policy updates
@@ -651,12 +661,13 @@ class CEPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             loss, per_token = topk_distillation_loss(
                 logits, inputs["teacher_topk_logps"], inputs["teacher_topk_indices"], mask, alpha=distill.alpha,
                 tail=distill.tail, normalizer=normalizer, is_weight=is_weight, temperature=self.temperature,
+                token_weight=token_weight,
             )
         else:
             loss, per_token = logits_distillation_loss(
                 logits, teacher_logits, mask, alpha=distill.alpha, normalizer=normalizer,
                 topk=distill.topk if distill.mode == "topk" else None, support=distill.support, tail=distill.tail,
-                is_weight=is_weight, temperature=self.temperature,
+                is_weight=is_weight, temperature=self.temperature, token_weight=token_weight,
             )
         clipped = torch.zeros((), device=mask.device) if is_weight is None else (
             (is_weight >= distill.is_clip) & mask.bool()).sum().float()

@@ -25,9 +25,12 @@ own extension points, copying nothing of verl:
   (:func:`cepo.algorithms.packed_logits_distillation_loss`). The final loss is
   ``w * distillation + (1 - w) * verl's ppo_loss`` (``w = cepo.distill.weight``).
 
-Normaliser: the response tokens of rows that have a teacher, summed over the mini-batch on every data-parallel rank,
-divided by the dp size (verl's token-mean convention: FSDP averages gradients over ranks), so rows without a teacher
-(SDPO: no successful peer) leave the token-mean as SDPO's ``self_distillation_mask`` does.
+Aggregation (``cepo.distill.loss_agg``, :func:`cepo.algorithms.loss_aggregation`), counted over the mini-batch on
+every data-parallel rank and divided by the dp size (verl's ``agg_loss`` convention: FSDP averages gradients over
+ranks): ``token-mean`` divides by the response tokens of rows that have a teacher, so rows without a teacher (SDPO: no
+successful peer) leave the token-mean; ``seq-mean-token-mean`` (the authors') weights each token by 1/L_r (its row's
+response tokens) and divides by the mini-batch's rows, those without a teacher included (they add 0, as in SDPO's
+one-row micro-batches).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl.workers.utils.losses import ppo_loss
 
-from cepo.algorithms import importance_weight, packed_logits_distillation_loss, sampled_token_logps
+from cepo.algorithms import importance_weight, loss_aggregation, packed_logits_distillation_loss, sampled_token_logps
 
 
 def _device_id() -> Any:
@@ -70,6 +73,8 @@ HAS_TEACHER_KEY = "cepo_has_teacher"
 """(B,) bool: the row has a teacher (``cepo.integrations.verl.credit.HAS_TEACHER_KEY``)."""
 DISTILL_TOKENS_KEY = "cepo_distill_tokens"
 """Non-tensor entry of a mini-batch: its response tokens of rows with a teacher, summed over the dp ranks."""
+DISTILL_ROWS_KEY = "cepo_distill_rows"
+"""Non-tensor entry of a mini-batch: its rows (with and without a teacher), summed over the dp ranks."""
 EMA_FILE = "cepo_ema_teacher_rank{rank}.pt"
 """The EMA teacher's local shards of one rank, saved beside verl's actor checkpoint."""
 TEACHERS = ("live", "fixed", "ema")
@@ -88,6 +93,7 @@ class WorkerDistill:
     alpha: float = 0.5
     is_clip: float | None = None
     weight: float = 1.0
+    loss_agg: str = "token-mean"
 
     @classmethod
     def from_cepo(cls, cepo: Any) -> WorkerDistill:
@@ -99,7 +105,8 @@ class WorkerDistill:
         return cls(teacher=distill.teacher, ema_rate=float(distill.ema_rate), in_loss=in_loss,
                    topk=int(distill.topk) if distill.mode == "topk" else None, support=distill.support,
                    tail=bool(distill.tail), alpha=float(distill.alpha),
-                   is_clip=None if distill.is_clip is None else float(distill.is_clip), weight=float(distill.weight))
+                   is_clip=None if distill.is_clip is None else float(distill.is_clip), weight=float(distill.weight),
+                   loss_agg=str(distill.loss_agg))
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:
@@ -296,6 +303,7 @@ class MicroBatchDistillLoss:
         has_teacher = data[HAS_TEACHER_KEY].to(device).bool().flatten().tolist()
         response_mask = data["response_mask"]
         mask = torch.zeros(n, dtype=torch.bool, device=device)
+        row_index = torch.zeros(n, dtype=torch.long, device=device)
         offset = 0
         old = torch.zeros(n, dtype=torch.float32, device=device)
         old_log_probs = data["old_log_probs"] if "old_log_probs" in data.keys() else None  # noqa: SIM118
@@ -303,14 +311,17 @@ class MicroBatchDistillLoss:
             end = offset + length
             if has_teacher[i] and resp:
                 mask[end - resp - 1 : end - 1] = response_mask[i].to(device).bool()
+                row_index[end - resp - 1 : end - 1] = i
             if old_log_probs is not None and resp:
                 old[end - resp - 1 : end - 1] = old_log_probs[i].to(device).float()
             offset = end
         rows = torch.zeros(n, dtype=torch.long, device=device)
         rows[:total] = self._teacher_rows.to(device)
         count = float(tu.get_non_tensor_data(data=data, key=DISTILL_TOKENS_KEY, default=0.0) or 0.0)
-        dp_size = int(data["dp_size"]) if "dp_size" in data.keys() else 1  # noqa: SIM118
-        normalizer = max(count, 1.0) / max(dp_size, 1)
+        batch_rows = float(tu.get_non_tensor_data(data=data, key=DISTILL_ROWS_KEY, default=0.0) or 0.0)
+        dp_size = max(int(data["dp_size"]) if "dp_size" in data.keys() else 1, 1)  # noqa: SIM118
+        token_weight, normalizer = loss_aggregation(settings.loss_agg, mask, tokens=max(count, 1.0) / dp_size,
+                                                    rows=max(batch_rows, 1.0) / dp_size, row_index=row_index)
         is_weight = None
         if settings.is_clip is not None and old_log_probs is not None:
             labels = torch.roll(data["input_ids"].values().to(device), shifts=-1, dims=0)
@@ -321,6 +332,7 @@ class MicroBatchDistillLoss:
         loss, per_token = packed_logits_distillation_loss(
             student_logits[0], self._teacher_logits, rows, mask, alpha=settings.alpha, normalizer=normalizer,
             topk=settings.topk, support=settings.support, tail=settings.tail, is_weight=is_weight,
+            token_weight=token_weight,
         )
         self._teacher_logits = self._teacher_rows = None
         tokens = mask.sum().clamp(min=1)
@@ -369,11 +381,13 @@ class CEPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 mask = data["response_mask"]
                 flags = data[HAS_TEACHER_KEY].bool().flatten()
                 per_row = torch.stack([mask[i].sum() for i in range(mask.shape[0])]).float()
-                count = (per_row * flags.to(per_row.device).float()).sum().to(_device_id())
+                count = (per_row * flags.to(per_row.device).float()).sum()
+                counts = torch.stack([count, torch.tensor(float(mask.shape[0]), device=count.device)]).to(_device_id())
                 group = engine.get_data_parallel_group()
                 if torch.distributed.is_initialized():
-                    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.SUM, group=group)
-                tu.assign_non_tensor(data, **{DISTILL_TOKENS_KEY: float(count.item())})
+                    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM, group=group)
+                tokens, rows = counts.tolist()
+                tu.assign_non_tensor(data, **{DISTILL_TOKENS_KEY: float(tokens), DISTILL_ROWS_KEY: float(rows)})
             return forward_backward(data, loss_function=loss_function, forward_only=forward_only)
 
         def forward_step_with_teacher(micro_batch: Any, loss_function: Any, forward_only: bool) -> Any:
@@ -411,6 +425,7 @@ class CEPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
 
 __all__ = [
+    "DISTILL_ROWS_KEY",
     "DISTILL_TOKENS_KEY",
     "HAS_TEACHER_KEY",
     "TEACHER_IDS_KEY",
