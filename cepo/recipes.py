@@ -394,12 +394,14 @@ def _check_verl_distillation(cfg: DictConfig, cepo: CEPOConfig) -> None:
         return
     _require(cepo.teacher_sees_image, "cepo.teacher_sees_image",
              f"must be true with cepo.distill.mode={distill.mode}: the teacher's forward in each loss micro-batch "
-             "reuses the micro-batch's image inputs; set it to true or cepo.distill.mode=sampled_token")
+             "reuses the micro-batch's image inputs; set it to true or cepo.distill.mode=sampled_token "
+             "(with cepo.distill.loss_agg=token-mean)")
     actor = "actor_rollout_ref.actor"
     sp = OmegaConf.select(cfg, f"{actor}.ulysses_sequence_parallel_size", default=1) or 1
     _require(int(sp) == 1, f"{actor}.ulysses_sequence_parallel_size",
              f"must be 1 with cepo.distill.mode={distill.mode} (each rank must hold whole sequences for the teacher's "
-             f"forward and the divergence), got {sp}; or cepo.distill.mode=sampled_token")
+             f"forward and the divergence), got {sp}; or cepo.distill.mode=sampled_token (with "
+             "cepo.distill.loss_agg=token-mean)")
     fused = OmegaConf.select(cfg, "actor_rollout_ref.model.use_fused_kernels", default=False)
     _require(not fused, "actor_rollout_ref.model.use_fused_kernels",
              f"must be false with cepo.distill.mode={distill.mode} (fused kernels never build the student's logits "

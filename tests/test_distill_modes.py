@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trl.experimental.sdpo.loss_utils import (
     compute_full_logit_self_distillation_loss,
     compute_topk_self_distillation_loss,
@@ -21,7 +23,10 @@ from trl.experimental.sdpo.loss_utils import (
 from cepo.algorithms import (
     demonstration_rows,
     logits_distillation_loss,
+    loss_aggregation,
+    packed_logits_distillation_loss,
     plan_teacher_passes,
+    row_token_mean_weights,
     sampled_token_logps,
     strip_thinking,
     topk_distillation_loss,
@@ -128,6 +133,89 @@ def test_chunked_loss_keeps_no_full_float32_copy() -> None:
     assert student.grad is not None and student.grad.dtype == torch.bfloat16
 
 
+def test_seq_mean_token_mean_is_the_authors_mean_of_row_token_means() -> None:
+    """``loss_agg=seq-mean-token-mean``: value and gradient equal ``(1/R) Σ_r (Σ_t ρ·D_{r,t}) / L_r`` written out from
+    TRL's per-token divergence, over R rows of which one has no teacher (all-zero mask: it adds 0 but counts), for the
+    padded (TRL) and the packed (verl) layout; the same weights reduce to the token-mean's value with ``token-mean``."""
+    torch.manual_seed(5)
+    student = torch.randn(4, 6, 30, dtype=torch.float64).requires_grad_()
+    teacher = torch.randn(4, 6, 30, dtype=torch.float64) * 1.5
+    mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0], [0] * 6, [1, 1, 1, 0, 0, 0]])
+    rho = torch.rand(4, 6, dtype=torch.float64) + 0.5
+    reference = compute_full_logit_self_distillation_loss(student, teacher, distillation_alpha=0.5)
+    lengths = [6, 2, 0, 3]
+    expected = sum((reference[r] * mask[r] * rho[r]).sum() / lengths[r] for r in (0, 1, 3)) / 4.0
+    weight, normalizer = loss_aggregation("seq-mean-token-mean", mask, tokens=11.0, rows=4.0)
+    assert normalizer == 4.0
+    torch.testing.assert_close(weight, mask / torch.tensor(lengths).clamp(min=1).unsqueeze(-1).double())
+    loss, per_token = logits_distillation_loss(student, teacher, mask, 0.5, normalizer, is_weight=rho,
+                                               chunk_size=4, token_weight=weight)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(per_token, (reference * mask).detach())  # unweighted
+    grad = torch.autograd.grad(expected, student)[0]
+    torch.testing.assert_close(torch.autograd.grad(loss, student)[0], grad)
+    # packed: the rows one after the other with padding between, each position naming its row
+    flat_student = student.detach().reshape(1, 24, 30).clone().requires_grad_()
+    row_index = torch.arange(4).repeat_interleave(6)
+    packed_weight, packed_norm = loss_aggregation("seq-mean-token-mean", mask.reshape(24), tokens=11.0, rows=4.0,
+                                                  row_index=row_index)
+    torch.testing.assert_close(packed_weight, weight.reshape(24))
+    packed, _ = packed_logits_distillation_loss(flat_student, teacher.reshape(24, 30), torch.arange(24),
+                                                mask.reshape(24), 0.5, packed_norm, is_weight=rho.reshape(24),
+                                                chunk_size=5, token_weight=packed_weight)
+    torch.testing.assert_close(packed, expected)
+    torch.testing.assert_close(torch.autograd.grad(packed, flat_student)[0].reshape(4, 6, 30), grad)
+    none, tokens = loss_aggregation("token-mean", mask, tokens=11.0, rows=4.0)
+    assert none is None and tokens == 11.0
+    with pytest.raises(ValueError, match=r"loss_agg must be one of \['token-mean', 'seq-mean-token-mean'\]"):
+        loss_aggregation("seq-mean", mask, tokens=11.0, rows=4.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 4), length=st.integers(1, 5), pad=st.integers(0, 3), seed=st.integers(0, 10_000),
+       packed=st.booleans())
+def test_seq_mean_equals_token_mean_with_equal_rows_all_with_a_teacher(rows: int, length: int, pad: int, seed: int,
+                                                                       packed: bool) -> None:
+    """Every row has a teacher and the same number L of masked tokens (at random positions): ``(1/R) Σ_r Σ_t D / L``
+    equals ``Σ D / (R·L)``, so both aggregations give the same loss and gradient (padded and packed layouts)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = length + pad
+    mask = torch.zeros(rows, width, dtype=torch.bool)
+    for r in range(rows):
+        mask[r, torch.randperm(width, generator=generator)[:length]] = True
+    student = torch.randn(rows, width, 12, dtype=torch.float64, generator=generator)
+    teacher = torch.randn(rows, width, 12, dtype=torch.float64, generator=generator)
+    results = []
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        leaf = student.clone().requires_grad_()
+        if packed:
+            index = torch.arange(rows).repeat_interleave(width)
+            weight, norm = loss_aggregation(agg, mask.reshape(-1), tokens=float(rows * length), rows=float(rows),
+                                            row_index=index)
+            loss, _ = packed_logits_distillation_loss(leaf.reshape(1, -1, 12), teacher.reshape(-1, 12),
+                                                      torch.arange(rows * width), mask.reshape(-1), 0.3, norm,
+                                                      topk=4, token_weight=weight)
+        else:
+            weight, norm = loss_aggregation(agg, mask, tokens=float(rows * length), rows=float(rows))
+            loss, _ = logits_distillation_loss(leaf, teacher, mask, 0.3, norm, topk=4, tail=True,
+                                               token_weight=weight)
+        results.append((loss, torch.autograd.grad(loss, leaf)[0]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def test_row_token_mean_weights_shapes() -> None:
+    mask = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1])
+    index = torch.tensor([0, 0, 7, 2, 9, 2, 2, 5])  # unmasked positions' rows are ignored
+    torch.testing.assert_close(row_token_mean_weights(mask, index),
+                               torch.tensor([0.5, 0.5, 0.0, 1 / 3, 0.0, 1 / 3, 1 / 3, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"a packed loss_mask and row_index must both be \(N,\)"):
+        row_token_mean_weights(mask, index[:-1])
+    with pytest.raises(ValueError, match="token_weight has shape"):
+        logits_distillation_loss(torch.zeros(1, 2, 5), torch.zeros(1, 2, 5), torch.ones(1, 2), 0.5, 1.0,
+                                 token_weight=torch.ones(1, 3))
+
+
 def test_sampled_token_logps() -> None:
     torch.manual_seed(4)
     logits = torch.randn(2, 9, 11, dtype=torch.float64)
@@ -167,11 +255,14 @@ def test_config_values_and_verl_refusals() -> None:
     from cepo.integrations.trl.from_config import compose
 
     opsd, sdpo = compose_method_config("opsd", []), compose_method_config("sdpo", [])  # verl, validated
-    assert {k: opsd.cepo.distill[k] for k in ("mode", "teacher", "alpha", "is_clip", "weight")} == {
-        "mode": "full", "teacher": "fixed", "alpha": 0.5, "is_clip": None, "weight": 1.0}
-    assert {k: sdpo.cepo.distill[k] for k in ("mode", "support", "topk", "tail", "teacher", "ema_rate", "is_clip")} == {
+    assert {k: opsd.cepo.distill[k] for k in ("mode", "teacher", "alpha", "is_clip", "weight", "loss_agg")} == {
+        "mode": "full", "teacher": "fixed", "alpha": 0.5, "is_clip": None, "weight": 1.0,
+        "loss_agg": "seq-mean-token-mean"}
+    assert {k: sdpo.cepo.distill[k] for k in ("mode", "support", "topk", "tail", "teacher", "ema_rate", "is_clip",
+                                             "loss_agg")} == {
         "mode": "topk", "support": "student", "topk": 100, "tail": True, "teacher": "ema", "ema_rate": 0.05,
-        "is_clip": 2.0}
+        "is_clip": 2.0, "loss_agg": "seq-mean-token-mean"}
+    assert CEPOConfig().distill.loss_agg == "token-mean"
     assert sdpo.actor_rollout_ref.actor.ppo_mini_batch_size == sdpo.data.train_batch_size
     assert sdpo.algorithm.norm_adv_by_std_in_grpo is False
     for name, cfg in (("opsd", opsd), ("sdpo", sdpo)):
@@ -201,6 +292,21 @@ def test_config_values_and_verl_refusals() -> None:
     assert args.cepo_config().distill.support == "student"
     with pytest.raises(ValueError, match=r"cepo\.distill\.support must be one of \['teacher', 'student'\]"):
         CEPOConfig.from_mapping({"method": "sdpo", "distill": {"support": "both"}})
+    # loss_agg: the divergence loss's aggregation; meaningless for the sampled-token PG loss, refused there
+    with pytest.raises(ConfigError, match=r"^cepo\.distill\.loss_agg=seq-mean-token-mean applies to "
+                                          r"cepo\.distill\.mode=topk\|full .* set cepo\.distill\.loss_agg=token-mean$"):
+        compose_method_config("sdpo", ["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live"])
+    switched = compose_method_config("sdpo", ["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live",
+                                              "cepo.distill.loss_agg=token-mean"])
+    assert switched.cepo.distill.loss_agg == "token-mean"
+    with pytest.raises(ValueError, match=r"^cepo\.distill\.loss_agg must be one of \['token-mean', "
+                                         r"'seq-mean-token-mean'\], got 'seq-mean'$"):
+        CEPOConfig.from_mapping({"method": "opsd", "distill": {"mode": "full", "loss_agg": "seq-mean"}})
+    with pytest.raises(ValueError, match=r"^cepo\.distill\.loss_agg=seq-mean-token-mean applies to the "
+                                         r"self-distillation methods"):
+        CEPOConfig.from_mapping({"method": "grpo", "distill": {"loss_agg": "seq-mean-token-mean"}})
+    with pytest.raises(ValueError, match=r"^cepo\.distill\.loss_agg=seq-mean-token-mean applies to "):
+        trl_args(compose(configs_dir() / "sdpo.yaml", ["cepo.distill.mode=sampled_token"]), num_processes=1)
 
 
 # -- the TRL trainer --------------------------------------------------------------------------------------------------
@@ -269,14 +375,27 @@ def _every_other_group_succeeds(completions: list[Any], **_: Any) -> list[float]
     return [1.0 if (i // 4) % 2 == 0 and i % 4 < 2 else 0.0 for i in range(len(completions))]
 
 
-@pytest.mark.parametrize(("method", "mode", "teacher"), [("opsd", "full", "fixed"), ("sdpo", "topk", "ema")],
-                         ids=["opsd-full-fixed", "sdpo-student-topk-ema"])
-def test_micro_batch_teacher_loss(method: str, mode: str, teacher: str, smoke_model: Path, tmp_path: Path) -> None:
+def _yaml_loss_agg(method: str) -> str:
+    """``cepo.distill.loss_agg`` of configs/<method>.yaml as ``cepo train`` composes it."""
+    from cepo.integrations.trl.from_config import compose
+
+    return str(compose(configs_dir() / f"{method}.yaml", []).cepo.distill.loss_agg)
+
+
+@pytest.mark.parametrize(("method", "mode", "teacher", "loss_agg"),
+                         [("opsd", "full", "fixed", "yaml"), ("sdpo", "topk", "ema", "yaml"),
+                          ("sdpo", "topk", "ema", "token-mean")],
+                         ids=["opsd-full-fixed", "sdpo-student-topk-ema", "sdpo-student-topk-ema-token-mean"])
+def test_micro_batch_teacher_loss(method: str, mode: str, teacher: str, loss_agg: str, smoke_model: Path,
+                                  tmp_path: Path) -> None:
     """OPSD (full-vocabulary JSD, fixed teacher) and SDPO (student-support top-k with tail, EMA teacher): each loss
     micro-batch's loss equals TRL's divergence of float64 forwards (the student at the weights the step ran at, the
-    teacher rebuilt independently: the base model for ``fixed``, the EMA adapter for ``ema``) averaged over the rows
-    with a teacher; the fixed teacher's logits are the initial model's at every step although the adapter moved; the
-    EMA adapter moves by the rate after one optimizer step."""
+    teacher rebuilt independently: the base model for ``fixed``, the EMA adapter for ``ema``), aggregated as
+    ``loss_agg``: ``yaml`` = the YAML's ``seq-mean-token-mean``, the authors' objective (one sequence per micro-batch,
+    averaged over accumulation): the mean over all rows of each row's token-mean, rows without a teacher adding 0;
+    ``token-mean``: the sum over the rows with a teacher divided by their tokens. The fixed teacher's logits are the
+    initial model's at every step although the adapter moved; the EMA adapter moves by the rate after one optimizer
+    step."""
     from peft import get_peft_model
     from transformers import AutoModelForImageTextToText
 
@@ -284,11 +403,14 @@ def test_micro_batch_teacher_loss(method: str, mode: str, teacher: str, smoke_mo
     from cepo.teacher import build_teacher_inputs
 
     rate, alpha, tail = 0.3, 0.5, True
+    if loss_agg == "yaml":
+        loss_agg = _yaml_loss_agg(method)
+        assert loss_agg == "seq-mean-token-mean"
     trainer = _recording_trainer(
         smoke_model, tmp_path, method, [_every_other_group_succeeds], peft=True, per_device_train_batch_size=8,
         max_steps=2, learning_rate=1e-2, cepo_distill_mode=mode, cepo_distill_support="student",
         cepo_distill_topk=K, cepo_distill_tail=tail, cepo_distill_alpha=alpha, cepo_distill_teacher=teacher,
-        cepo_distill_ema_rate=rate,
+        cepo_distill_ema_rate=rate, cepo_distill_loss_agg=loss_agg,
     )
     trainer.train()
     assert len(trainer.losses) == 2 and len(trainer.teacher_logits) == 2 and len(trainer.generated) == 2
@@ -350,8 +472,12 @@ def test_micro_batch_teacher_loss(method: str, mode: str, teacher: str, smoke_mo
             per_token = compute_topk_self_distillation_loss(student[with_teacher] / tau, teacher_logits / tau,
                                                             distillation_topk=K, distillation_alpha=alpha,
                                                             distillation_add_tail=tail)
-        tokens = sum(float(out["completion_mask"][g].sum()) for g in range(len(groups)) if g in hints)
-        expected = (per_token * mask).sum() / tokens
+        if loss_agg == "token-mean":
+            tokens = sum(float(out["completion_mask"][g].sum()) for g in range(len(groups)) if g in hints)
+            expected = (per_token * mask).sum() / tokens
+        else:  # (1/R) Σ_{rows with a teacher} Σ_t D / L_r, R = every row of the window (one micro-batch here)
+            row_means = (per_token * mask).sum(-1) / mask.sum(-1)
+            expected = row_means.sum() / len(rows)
         torch.testing.assert_close(rec["loss"].double(), expected, rtol=1e-4, atol=1e-6)
         assert float(expected) > 0
         if teacher == "fixed":  # the initial model's logits on the very inputs the trainer's teacher saw
@@ -430,5 +556,6 @@ def test_cepo_train_runs_the_authors_recipe_from_the_yaml(method: str, smoke_mod
     expected = ({"mode": "full", "teacher": "fixed", "alpha": 0.5, "is_clip": None} if method == "opsd" else
                 {"mode": "topk", "support": "student", "topk": 100, "tail": True, "teacher": "ema", "ema_rate": 0.05,
                  "is_clip": 2.0})
+    expected["loss_agg"] = "seq-mean-token-mean"
     assert {k: args[f"cepo_distill_{k}"] for k in expected} == expected
     assert (run / "final" / "ema_teacher.safetensors").is_file() == (method == "sdpo")

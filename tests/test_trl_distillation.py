@@ -164,21 +164,25 @@ def test_topk_teacher_and_loss(method: str, tail: bool, alpha: float, weight: fl
         assert abs(float(rec["pg"])) > 0 and not torch.isclose(rec["loss"].double(), distill, rtol=1e-3)
 
 
-def test_topk_importance_clip_on_the_second_update(smoke_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_topk_importance_clip_on_the_second_update(loss_agg: str, smoke_model: Path, tmp_path: Path) -> None:
     """SDPO's IS correction (cepo.distill.is_clip): with two optimizer steps per rollout batch, the second step's
     loss is Σ mask·min(π_θ/π_old, clip)·D / N, with π_θ from a float64 forward of the weights it ran at and π_old
-    TRL's old log-probs; the first step's ratio is 1."""
+    TRL's old log-probs; the first step's ratio is 1. ``token-mean``: N = the batch's masked tokens per update
+    (TRL's dapo); ``seq-mean-token-mean``: each row's sum divided by its own tokens, N = the batch's rows per update
+    (each window is half the generation batch), the authors' mean of per-row token-means."""
     from transformers import AutoModelForImageTextToText
 
     clip = 1.02
     trainer = _trainer(smoke_model, tmp_path, "opsd", per_device_train_batch_size=8, steps_per_generation=2,
                        max_steps=2, cepo_distill_mode="topk", cepo_distill_topk=K, cepo_distill_tail=True,
-                       cepo_distill_alpha=0.5, cepo_distill_is_clip=clip)
+                       cepo_distill_alpha=0.5, cepo_distill_is_clip=clip, cepo_distill_loss_agg=loss_agg)
     trainer.keep_weights = True
     trainer.train()
     assert len(trainer.generated) == 1 and len(trainer.losses) == 2  # one rollout batch, two updates
     out = trainer.generated[0]["output"]
     tokens = out["distill_mask"].sum().double() / 2  # TRL's dapo normaliser: the batch's tokens per update
+    window_rows = out["distill_mask"].shape[0] / 2  # 16 rows, 8 per update
     model = AutoModelForImageTextToText.from_pretrained(smoke_model).double().eval()
     ratios = []
     for rec in trainer.losses:
@@ -192,7 +196,11 @@ def test_topk_importance_clip_on_the_second_update(smoke_model: Path, tmp_path: 
         sampled = student.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         ratio = (sampled - batch["old_per_token_logps"].double()).exp()
         mask = batch["distill_mask"].double()
-        expected = (per_token * mask * ratio.clamp(max=clip)).sum() / tokens
+        terms = per_token * mask * ratio.clamp(max=clip)
+        if loss_agg == "token-mean":
+            expected = terms.sum() / tokens
+        else:
+            expected = (terms.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / window_rows
         torch.testing.assert_close(rec["loss"].double(), expected, rtol=1e-4, atol=1e-6)
         ratios.append(ratio[mask.bool()])
     torch.testing.assert_close(ratios[0], torch.ones_like(ratios[0]), rtol=0, atol=1e-4)  # same weights: ratio 1

@@ -93,12 +93,15 @@ def _setup(method, tiny_vl_dir, vl_processor, vl_model, geo, overrides=()):
     return cfg, model, wg, trainer, meta, rows
 
 
-def _reference_loss(model, vl_processor, rows, hints, has, template, divergence, teacher_ctx):
-    """The float64 loss ``Σ_{rows with a teacher} Σ_t D_t / (their response tokens)`` from plain forwards; returns it
-    with the gradient of the trainable parameters (float32 forward, float64 divergence)."""
+def _reference_loss(model, vl_processor, rows, hints, has, template, divergence, teacher_ctx, loss_agg):
+    """The float64 loss from plain forwards, with the gradient of the trainable parameters (float32 forward, float64
+    divergence). ``token-mean``: ``Σ_{rows with a teacher} Σ_t D_t / (their response tokens)``;
+    ``seq-mean-token-mean`` (the authors': one row per micro-batch, averaged over the mini-batch):
+    ``(1/R) Σ_{rows with a teacher} (Σ_t D_t) / L_r`` over all R rows, rows without a teacher counted as 0."""
     from cepo.teacher import build_teacher_inputs
 
-    total, count = torch.zeros((), dtype=torch.float64), 0
+    assert loss_agg in ("token-mean", "seq-mean-token-mean")
+    total, count, row_means = torch.zeros((), dtype=torch.float64), 0, torch.zeros((), dtype=torch.float64)
     model.zero_grad(set_to_none=True)
     for row, hint, flag in zip(rows, hints, has, strict=True):
         if not flag:
@@ -111,9 +114,11 @@ def _reference_loss(model, vl_processor, rows, hints, has, template, divergence,
             t_logits = model(**teacher.model_kwargs()).logits[0, p - 1 : p - 1 + resp.numel()]
         ids, prompt_len, kwargs = _student_inputs(vl_processor, row)
         s_logits = _response_logits(model, ids, prompt_len, kwargs, resp.numel())
-        total = total + divergence(s_logits, t_logits).sum()
+        row = divergence(s_logits, t_logits).sum()
+        total = total + row
+        row_means = row_means + row / resp.numel()
         count += resp.numel()
-    loss = total / count
+    loss = total / count if loss_agg == "token-mean" else row_means / len(rows)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
@@ -129,15 +134,19 @@ def _check_update(model, before, grads):
 def test_opsd_default_full_jsd_against_the_fixed_teacher(verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo):
     """configs/opsd.yaml unchanged (full-vocabulary JSD beta 0.5, fixed teacher = the LoRA adapter disabled, pure
     distillation): the loss verl's update reports and the LoRA update equal a float64 computation from plain forwards,
-    and the fixed teacher's log-probs are the initial policy's, unchanged by the update."""
+    and the fixed teacher's log-probs are the initial policy's, unchanged by the update. The reference is OPSD's
+    objective (run_opsd.sh: one sequence per device, averaged over accumulation): the mean over rows of each row's
+    token-mean, the YAML's ``cepo.distill.loss_agg``; the rows' response lengths differ, so a token-mean would not
+    match."""
     _, model, wg, trainer, meta, rows = _setup("opsd", tiny_vl_dir, vl_processor, vl_model, geo)
     distill = trainer.cepo.distill
     assert (distill.mode, distill.teacher, distill.is_clip, distill.alpha) == ("full", "fixed", None, 0.5)
+    assert len({r["response_ids"].numel() for r in rows}) > 1
     assert [partition for partition, _ in wg.log_prob_calls] == ["train"]  # no teacher scoring pass: it is in the loss
     hints = [r["answer"] for r in rows]
     expected, grads = _reference_loss(model, vl_processor, rows, hints, [True] * len(rows),
                                       trainer.cepo.teacher_template, lambda s, t: _jsd64(s, t, 0.5),
-                                      model.disable_adapter)
+                                      model.disable_adapter, "seq-mean-token-mean")
     with torch.no_grad(), model.disable_adapter():
         initial = _response_logits(model, *_student_inputs(vl_processor, rows[0])[:3], rows[0]["response_ids"].numel())
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -155,17 +164,22 @@ def test_opsd_default_full_jsd_against_the_fixed_teacher(verl_cpu, tiny_vl_dir, 
     assert (live - initial).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("loss_agg", ["yaml", "token-mean"])
 def test_sdpo_default_topk_student_support_ema_and_denominator(verl_cpu, tiny_vl_dir, vl_processor, vl_model, geo,
-                                                               tmp_path):
-    """configs/sdpo.yaml unchanged (top-100 on the student's support with a tail bucket, alpha 0.5, EMA teacher rate
-    0.05, one update per rollout batch): rows without a successful peer leave the token-mean's denominator, the loss
-    and the LoRA update equal a float64 computation, and after the optimizer step the EMA teacher is
-    ``(1 - 0.05) theta_0 + 0.05 theta_1`` of the adapter."""
+                                                               tmp_path, loss_agg):
+    """configs/sdpo.yaml (top-100 on the student's support with a tail bucket, alpha 0.5, EMA teacher rate 0.05, one
+    update per rollout batch): the loss and the LoRA update equal a float64 computation, and after the optimizer step
+    the EMA teacher is ``(1 - 0.05) theta_0 + 0.05 theta_1`` of the adapter. ``yaml``: the YAML's
+    ``seq-mean-token-mean``, SDPO's objective (one row per micro-batch): the mean over all rows of each row's
+    token-mean, rows without a successful peer adding 0 but counted; ``token-mean``: those rows leave the
+    token-mean's denominator."""
     from cepo.algorithms import demonstration_rows
 
+    extra = [] if loss_agg == "yaml" else [f"cepo.distill.loss_agg={loss_agg}"]
     cfg, model, wg, trainer, meta, rows = _setup("sdpo", tiny_vl_dir, vl_processor, vl_model, geo,
-                                                 overrides=["cepo.distill.topk=20"])
+                                                 overrides=["cepo.distill.topk=20", *extra])
     distill = trainer.cepo.distill
+    assert distill.loss_agg == ("seq-mean-token-mean" if loss_agg == "yaml" else loss_agg)
     assert (distill.mode, distill.support, distill.teacher, distill.tail) == ("topk", "student", "ema", True)
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == cfg.data.train_batch_size
     scores, groups = torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows]
@@ -175,7 +189,8 @@ def test_sdpo_default_topk_student_support_ema_and_denominator(verl_cpu, tiny_vl
     assert 0 < sum(has) < len(has)
     # theta_T(0) = theta(0): the EMA teacher starts as the actor, so the reference teacher is the live model
     expected, grads = _reference_loss(model, vl_processor, rows, hints, has, distill.demo_template,
-                                      lambda s, t: _topk_student_jsd64(s, t, 20, 0.5), torch.no_grad)
+                                      lambda s, t: _topk_student_jsd64(s, t, 20, 0.5), torch.no_grad,
+                                      distill.loss_agg)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     metrics: dict = {}
     trainer._update_actor(meta, metrics)
@@ -212,7 +227,8 @@ def test_sampled_token_sdpo_rows_without_teacher_leave_the_denominator(verl_cpu,
     from cepo.algorithms import demonstration_rows
 
     cfg = h.config(tiny_vl_dir, method="sdpo", overrides=["cepo.distill.mode=sampled_token",
-                                                          "cepo.distill.teacher=live"])
+                                                          "cepo.distill.teacher=live",
+                                                          "cepo.distill.loss_agg=token-mean"])
     wg = h.worker_group(cfg, vl_model)
     meta, rows = h.put_rollouts(vl_processor, vl_processor.tokenizer, geo, "st")
     trainer = h.trainer(cfg, vl_processor, wg, global_steps=1)
@@ -235,7 +251,8 @@ def test_sampled_token_teacher_pass_runs_under_the_fixed_teachers_weights(verl_c
     from cepo.teacher import build_teacher_inputs, teacher_logprobs
 
     _, model, wg, trainer, meta, rows = _setup("opsd", tiny_vl_dir, vl_processor, vl_model, geo,
-                                               overrides=["cepo.distill.mode=sampled_token"])
+                                               overrides=["cepo.distill.mode=sampled_token",
+                                                          "cepo.distill.loss_agg=token-mean"])
     assert (trainer.cepo.distill.mode, trainer.cepo.distill.teacher) == ("sampled_token", "fixed")
     assert [partition for partition, _ in wg.log_prob_calls] == ["train"]  # the teacher rows: cepo_teacher_log_prob
     stored = h.padded(tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=[POS_KEY])[POS_KEY].unbind())

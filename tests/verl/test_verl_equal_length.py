@@ -120,7 +120,8 @@ def _packed_forward(model):
 def test_equal_length_shards_through_verl_workers(use_remove_padding, verl_cpu, tiny_vl_dir, vl_processor, vl_model,
                                                   geo):
     cfg = h.config(tiny_vl_dir, method="opsd", use_remove_padding=use_remove_padding,  # its sampled-token teacher pass
-                   overrides=["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live"])
+                   overrides=["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live",
+                              "cepo.distill.loss_agg=token-mean"])
     wg = h.worker_group(cfg, vl_model)
     meta, rows = h.put_rollouts(vl_processor, vl_processor.tokenizer, geo, f"eq{int(use_remove_padding)}",
                                 responses=EQUAL_RESPONSES, scores=EQUAL_SCORES)

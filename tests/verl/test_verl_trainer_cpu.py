@@ -163,7 +163,8 @@ def test_loss_level_methods_through_verl_workers(method, verl_cpu, tiny_vl_dir, 
     are scored by the workers, and the advantages equal an independent computation (cepo.teacher forwards +
     cepo.algorithms) on the same rollouts. Their YAML defaults (top-k / full, fixed / EMA teachers) are
     test_verl_distill_worker.py's."""
-    sampled = [] if method == "conspo" else ["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live"]
+    sampled = [] if method == "conspo" else ["cepo.distill.mode=sampled_token", "cepo.distill.teacher=live",
+                                             "cepo.distill.loss_agg=token-mean"]
     cfg = h.config(tiny_vl_dir, method=method, overrides=sampled)
     wg = h.worker_group(cfg, vl_model)
     meta, rows = h.put_rollouts(vl_processor, vl_processor.tokenizer, geo, method)
