@@ -41,15 +41,16 @@ Configurations (float64 unless named ``f32``; every one over ``--seeds`` seeds, 
   loss computes at ratio 1). The loss values differ by construction (a surrogate), so only the gradient is compared.
 * ``sdpo_topk100+tail ... peaked``: logits 8x sharper, so the top-100 hold nearly all the mass and the tail
   bucket's clamp matters (theirs: ``log P_k <= -1e-7``; cepo: ``<= -finfo(dtype).eps``).
-* ``*_norm`` rows (the normaliser over a window of micro-batches; reported, not hidden): SDPO's fork divides each
-  micro-batch's sum by that micro-batch's own token count (``agg_loss(batch_num_tokens=loss_mask.sum())``) and scales
-  it by 1/gradient-accumulation, and its ``user.yaml`` sets ``ppo_micro_batch_size_per_gpu: 1``, so a mini-batch's
-  loss is ``(1/N_rows) Σ_i (1/|o_i|) Σ_t ρ·D`` over all rows, rows without a demonstration adding 0 but counting in
+* ``*_norm`` rows (the normaliser over a window of micro-batches): SDPO's fork divides each micro-batch's sum by
+  that micro-batch's own token count (``agg_loss(batch_num_tokens=loss_mask.sum())``) and scales it by
+  1/gradient-accumulation, and its ``user.yaml`` sets ``ppo_micro_batch_size_per_gpu: 1``, so a mini-batch's loss is
+  ``(1/N_rows) Σ_i (1/|o_i|) Σ_t ρ·D`` over all rows, rows without a demonstration adding 0 but counting in
   ``N_rows``. OPSD's ``run_opsd.sh`` has one sequence per device per call (``--per_device_train_batch_size 1``,
-  ``generalized_jsd_loss``'s ``jsd.sum() / mask.sum()``), so its window is a mean of per-sequence token-means. cepo
-  divides the window's masked sum by the window's token count of rows with a teacher (verl: the mini-batch, verl
-  0.9.1's token-mean; TRL: the accumulation window, TRL's ``dapo``). Same per-token divergences, so these rows
-  measure the normaliser alone: per token, ``1/(N_rows·|o_i|)`` (theirs) vs ``1/Σ_j |o_j|`` (cepo).
+  ``generalized_jsd_loss``'s ``jsd.sum() / mask.sum()``), so its window is a mean of per-sequence token-means. cepo's
+  ``cepo.distill.loss_agg`` (:func:`cepo.algorithms.loss_aggregation`) is run both ways, in micro-batches of 2 rows
+  (``trl``) and as one packed mini-batch (``verl``): ``seq-mean-token-mean`` (the YAMLs' default) weights each token
+  by ``1/|o_i|`` and divides by ``N_rows``, so it should agree to rounding; ``token-mean`` divides the window's
+  masked sum by the window's token count of rows with a teacher (by design: per token ``1/Σ_j |o_j|``).
 
 Usage::
 
@@ -85,8 +86,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cepo.algorithms import (
+    LOSS_AGGS,
     importance_weight,
     logits_distillation_loss,
+    loss_aggregation,
     packed_logits_distillation_loss,
     sampled_token_advantage,
     sampled_token_logps,
@@ -102,8 +105,9 @@ DIFFERENCES = [
     "in float64); visible only when the top-k hold more than 1 - 1e-7 of the mass (rows 'peaked'): |dloss| ~1e-7",
     "normaliser over a window: per micro-batch both compute the same masked token-mean, but SDPO's user.yaml runs one "
     "row per micro-batch and OPSD's run_opsd.sh one sequence per device, so their windows are means of per-sequence "
-    "token-means (SDPO: rows without a demonstration add 0 and still count); cepo divides by the window's token "
-    "count of rows with a teacher (rows '*_norm')",
+    "token-means (SDPO: rows without a demonstration add 0 and still count), cepo.distill.loss_agg="
+    "seq-mean-token-mean (the opsd / sdpo YAMLs' default) and agrees to rounding; with loss_agg=token-mean cepo "
+    "divides by the window's token count of rows with a teacher (rows '*_norm token-mean', by_design)",
     "IS ratio in SDPO's on-policy recipe (one mini-batch, one epoch): their dp_actor sets old_log_prob = "
     "log_prob.detach(), so min(pi/pi_old, 2) is exactly 1; cepo's verl path takes verl's recomputed old_log_probs "
     "(ratio 1 up to the recompute's numerical noise), its TRL path none on the first update (exactly 1)",
@@ -473,56 +477,86 @@ def run_sampled_token(seed: int, sdpo_loss: Callable[..., Any]) -> dict[str, dic
 
 
 def run_window_normaliser(seed: int, opsd_loss: Callable[..., Any], sdpo_loss: Callable[..., Any]) -> dict:
-    """The normaliser over a window of micro-batches (a documented difference): theirs accumulates per-micro-batch
-    token-means (SDPO × 1/grad-accum; OPSD one sequence per call, / grad-accum), ours divides the window's masked sum
-    by the window's token count. Same divergences, so the gap is the normaliser alone."""
+    """The aggregation over a window of micro-batches: theirs accumulates per-micro-batch token-means (SDPO × 1/grad-
+    accum; OPSD one sequence per call, / grad-accum), i.e. verl's ``seq-mean-token-mean``; ours is
+    ``cepo.distill.loss_agg`` through :func:`cepo.algorithms.loss_aggregation`: ``seq-mean-token-mean`` (the YAMLs'
+    default, expected to agree to rounding) and ``token-mean`` (the window's masked sum over its token count: differs
+    by design). Ours runs the window in micro-batches of 2 rows (TRL's (B, T) layout) and as one packed mini-batch
+    (verl's layout, each position naming its row), so the agreement does not rest on one row per micro-batch."""
     out = {}
     # SDPO: a mini-batch of 6 rows, one row per micro-batch (their user.yaml: ppo_micro_batch_size_per_gpu 1), so
     # gradient accumulation 6 and loss_scale_factor 1/6; a row without a teacher adds 0 but counts in the 1/6
     b = make_batch(seed, 6, 64, 300, torch.float64, 1.0, min_length=16)  # lengths 16..64
     b.has_teacher[1] = 0
-    micro = [slice(i, i + 1) for i in range(6)]
+    rows = b.student.shape[0]
 
     def sub(s: slice) -> Batch:
         return Batch(b.student[s], b.teacher[s], b.tokens[s], b.response_mask[s], b.has_teacher[s], b.old_logp[s])
 
-    def theirs_window(student: torch.Tensor) -> torch.Tensor:
+    def theirs_sdpo_window(student: torch.Tensor) -> torch.Tensor:
         total = student.new_zeros(())
-        for s in micro:
-            total = total + theirs_sdpo(sdpo_loss, sub(s), 0.5, 100, True, 2.0, 1.0)(student[s]) / len(micro)
+        for i in range(rows):
+            s = slice(i, i + 1)
+            total = total + theirs_sdpo(sdpo_loss, sub(s), 0.5, 100, True, 2.0, 1.0)(student[s]) / rows
         return total
 
-    full_mask = _mask(b, True)
-
-    def ours_window(student: torch.Tensor) -> torch.Tensor:
+    def theirs_opsd_window(student: torch.Tensor) -> torch.Tensor:
         total = student.new_zeros(())
-        for s in micro:
-            part = sub(s)
-            mask = _mask(part, True)
-            weight = importance_weight(sampled_token_logps(student[s], part.tokens), part.old_logp, 2.0)
-            loss, _ = logits_distillation_loss(student[s], part.teacher, mask, alpha=0.5, normalizer=full_mask.sum(),
-                                               topk=100, support="student", tail=True, is_weight=weight)
-            total = total + loss
+        for i in range(rows):
+            s = slice(i, i + 1)
+            total = total + theirs_opsd(opsd_loss, sub(s), 0.5, 1.1, None)(student[s]) / rows
         return total
 
-    out["sdpo_norm: 1 row/micro-batch (their recipe): seq-mean-token-mean vs token-mean"] = compare(
-        theirs_window, ours_window, b.student)
-    # OPSD: 6 sequences, one per call (run_opsd.sh), gradient accumulation over all 6
-    rows = range(b.student.shape[0])
+    def ours_micro(mask: torch.Tensor, agg: str, topk: int | None, support: str, tail: bool, is_clip: float | None,
+                   temperature: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """cepo's TRL layout: micro-batches of 2 rows, each normalised by the window's counts."""
+        def fn(student: torch.Tensor) -> torch.Tensor:
+            total = student.new_zeros(())
+            for start in range(0, rows, 2):
+                s = slice(start, start + 2)
+                weight = None if is_clip is None else importance_weight(
+                    sampled_token_logps(student[s], b.tokens[s], temperature=temperature), b.old_logp[s], is_clip)
+                token_weight, normalizer = loss_aggregation(agg, mask[s], tokens=mask.sum(), rows=float(rows))
+                loss, _ = logits_distillation_loss(student[s], b.teacher[s], mask[s], alpha=0.5,
+                                                   normalizer=normalizer, topk=topk, support=support, tail=tail,
+                                                   is_weight=weight, temperature=temperature,
+                                                   token_weight=token_weight)
+                total = total + loss
+            return total
+        return fn
 
-    def opsd_window(student: torch.Tensor) -> torch.Tensor:
-        total = student.new_zeros(())
-        for i in rows:
-            total = total + theirs_opsd(opsd_loss, sub(slice(i, i + 1)), 0.5, 1.1, None)(student[i : i + 1]) / len(rows)
-        return total
+    def ours_packed_window(mask: torch.Tensor, agg: str, topk: int | None, support: str, tail: bool,
+                           is_clip: float | None, temperature: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """cepo's verl layout: the mini-batch packed, the student's logits already divided by the temperature."""
+        packed = _pack(b.student, b.teacher / temperature, mask, seed)
+        n, vocab = mask.numel(), b.student.shape[-1]
+        row_index = torch.arange(rows).repeat_interleave(b.student.shape[1])
 
-    resp = _mask(b, False)
+        def fn(student: torch.Tensor) -> torch.Tensor:
+            scaled = (student / temperature).reshape(1, n, vocab)
+            weight = None
+            if is_clip is not None:
+                current = sampled_token_logps(scaled, b.tokens.reshape(1, n))
+                weight = torch.where(packed["mask"], importance_weight(current, b.old_logp.reshape(1, n), is_clip)[0],
+                                     torch.ones(n, dtype=scaled.dtype))
+            token_weight, normalizer = loss_aggregation(agg, packed["mask"], tokens=mask.sum(), rows=float(rows),
+                                                        row_index=row_index)
+            loss, _ = packed_logits_distillation_loss(scaled[0], packed["teacher_rows"], packed["teacher_index"],
+                                                      packed["mask"], alpha=0.5, normalizer=normalizer, topk=topk,
+                                                      support=support, tail=tail, is_weight=weight, chunk_size=7,
+                                                      token_weight=token_weight)
+            return loss
+        return fn
 
-    def ours_opsd_window(student: torch.Tensor) -> torch.Tensor:
-        return logits_distillation_loss(student, b.teacher, resp, alpha=0.5, normalizer=resp.sum(), temperature=1.1)[0]
-
-    out["opsd_norm: 1 seq/device (run_opsd.sh): seq-mean-token-mean vs token-mean"] = compare(
-        opsd_window, ours_opsd_window, b.student)
+    sdpo_mask, opsd_mask = _mask(b, True), _mask(b, False)
+    for agg in LOSS_AGGS:
+        sdpo_args = (sdpo_mask, agg, 100, "student", True, 2.0, 1.0)
+        opsd_args = (opsd_mask, agg, None, "student", False, None, 1.1)
+        for path, build in (("trl", ours_micro), ("verl", ours_packed_window)):
+            out[(f"sdpo_norm {agg}: theirs 1 row/micro-batch", path)] = compare(
+                theirs_sdpo_window, build(*sdpo_args), b.student)
+            out[(f"opsd_norm {agg}: theirs 1 seq/device", path)] = compare(
+                theirs_opsd_window, build(*opsd_args), b.student)
     return out
 
 
@@ -573,9 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         for name, r in run_window_normaliser(seed, opsd_loss, sdpo_loss).items():
             window.setdefault(name, []).append(r)
-    for name, per_seed in window.items():
-        rows.append({"config": name, "cepo_path": "verl" if name.startswith("sdpo") else "trl", "dtype": "float64",
-                     "shape": [6, 64, 300], "by_design": True, **_worst(per_seed)})
+    for (name, path), per_seed in sorted(window.items()):
+        rows.append({"config": name, "cepo_path": path, "dtype": "float64", "shape": [6, 64, 300],
+                     "by_design": "seq-mean-token-mean" not in name, **_worst(per_seed)})
 
     header = f"{'configuration':58s} {'cepo path':16s} {'|dloss|':>9s} {'rel':>9s} {'|dgrad|':>9s} {'rel':>9s} " \
              f"{'cos':>8s} {'|g|o/t':>7s} {'clip%':>6s}"
@@ -589,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['grad_rel']:9.1e} {r['grad_cosine']:8.5f} {r['grad_norm_ratio']:7.4f} {clip}")
     payload = {
         "description": "max over seeds of the differences between the authors' loss (read at run time) and cepo's, "
-                       "loss and gradient w.r.t. the student logits; by_design rows differ in the normaliser only",
+                       "loss and gradient w.r.t. the student logits; by_design rows (loss_agg=token-mean) differ in "
+                       "the normaliser only",
         "seeds": seeds,
         "authors": {"sdpo": {"repo": "lasgroup/SDPO", "source": str(args.sdpo_repo), "functions": sdpo_prov},
                     "opsd": {"repo": "siyan-zhao/OPSD", "source": str(args.opsd_repo), "functions": opsd_prov}},
