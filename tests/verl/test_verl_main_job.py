@@ -35,7 +35,7 @@ Test-only shims (``cepo/testing/verl_cpu.py``, loaded in every process through v
 Deviations from the paper config, all set by overrides here: ``actor.strategy=fsdp2`` (FSDP1 refuses CPU
 parameters with ``sync_module_states``), LoRA only for OPSD and SDPO (whose YAMLs' fixed / EMA teachers need it),
 merged into the weights the HF rollout takes (``lora.merge=true``), ``use_remove_padding=false``, tiny
-batch/lengths, one TransferQueue storage unit and one agent/reward worker.
+batch/lengths, one TransferQueue storage unit and one agent/reward worker, and no Ray dashboard.
 
 With the scripted answers wrong and the samples unboxed, no rollout reaches reward 0.5. SDPO (a successful peer) and
 ConSPO (a positive) need one, so they train on ``data_successes`` (every answer 1, which the shim's first scripted
@@ -125,6 +125,7 @@ def _run(method: str, inputs: dict[str, Path], run_dir: Path, steps: int, log: P
         "trainer.device=cpu", "trainer.n_gpus_per_node=1", f"trainer.total_training_steps={steps}",
         "trainer.test_freq=100", "trainer.save_freq=1", f"trainer.default_local_dir={run_dir}",
         "trainer.logger=[console,file]", "+ray_kwargs.ray_init.num_gpus=1", "ray_kwargs.ray_init.num_cpus=16",
+        "+ray_kwargs.ray_init.include_dashboard=false",  # ~10 processes per run that nothing here reads
     ]
     cmd = [sys.executable, "-m", "cepo.integrations.verl.main", "--config-name", method, *overrides]
     res = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
