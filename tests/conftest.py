@@ -15,6 +15,17 @@ settings.load_profile("cepo")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A pytest-xdist worker has a thread blocked reading the controller's pipe; a child *forked* from it can hang
+    # forever on a lock that thread held (seen: `datasets`' filter pool in verl's RLHFDataset, child stuck in a futex).
+    # Pools started by `datasets` (the `multiprocess` package) and by `multiprocessing` spawn fresh interpreters here.
+    import multiprocessing
+
+    import multiprocess
+
+    multiprocess.set_start_method("spawn", force=True)
+    multiprocessing.set_start_method("spawn", force=True)
+
 
 @pytest.fixture(scope="session")
 def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
