@@ -340,12 +340,15 @@ def ours_teacher_topk(b: Batch, alpha: float, topk: int, temperature: float) -> 
 
 
 def ours_packed(b: Batch, alpha: float, topk: int | None, support: str, tail: bool, is_clip: float | None,
-                temperature: float, with_teacher_rows: bool, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """cepo's verl path: :func:`packed_logits_distillation_loss` on the packed layout, the student's logits already
-    divided by the temperature (verl's engine does that), the teacher's divided by cepo's teacher forward."""
-    mask = _mask(b, with_teacher_rows)
+                temperature: float, mask: torch.Tensor, seed: int, agg: str = "token-mean",
+                chunk_size: int = 5) -> Callable[[torch.Tensor], torch.Tensor]:
+    """cepo's verl path: :func:`packed_logits_distillation_loss` on the packed layout (the batch is one mini-batch),
+    the student's logits already divided by the temperature (verl's engine does that), the teacher's divided by
+    cepo's teacher forward; ``mask`` (B, T) the tokens of rows with a teacher, aggregated by
+    :func:`loss_aggregation` (``agg``) over the batch's tokens / rows."""
     packed = _pack(b.student, b.teacher / temperature, mask, seed)
-    n, vocab = mask.numel(), b.student.shape[-1]
+    rows, n, vocab = b.student.shape[0], mask.numel(), b.student.shape[-1]
+    row_index = torch.arange(rows).repeat_interleave(b.student.shape[1])
 
     def fn(student: torch.Tensor) -> torch.Tensor:
         scaled = (student / temperature).reshape(1, n, vocab)
@@ -354,9 +357,12 @@ def ours_packed(b: Batch, alpha: float, topk: int | None, support: str, tail: bo
             current = sampled_token_logps(scaled, b.tokens.reshape(1, n))
             weight = torch.where(packed["mask"], importance_weight(current, b.old_logp.reshape(1, n), is_clip)[0],
                                  torch.ones(n, dtype=scaled.dtype))
+        token_weight, normalizer = loss_aggregation(agg, packed["mask"], tokens=mask.sum(), rows=float(rows),
+                                                    row_index=row_index)
         loss, _ = packed_logits_distillation_loss(scaled[0], packed["teacher_rows"], packed["teacher_index"],
-                                                  packed["mask"], alpha=alpha, normalizer=mask.sum(), topk=topk,
-                                                  support=support, tail=tail, is_weight=weight, chunk_size=5)
+                                                  packed["mask"], alpha=alpha, normalizer=normalizer, topk=topk,
+                                                  support=support, tail=tail, is_weight=weight, chunk_size=chunk_size,
+                                                  token_weight=token_weight)
         return loss
 
     return fn
@@ -451,13 +457,13 @@ def run_config(cfg: Config, seed: int, opsd_loss: Callable[..., Any], sdpo_loss:
             results["trl_teacher_pass"] = compare(theirs, ours_teacher_topk(b, cfg.alpha, cfg.topk, cfg.temperature),
                                                   b.student)
         results["verl"] = compare(theirs, ours_packed(b, cfg.alpha, cfg.topk, support, False, None, cfg.temperature,
-                                                      False, seed), b.student)
+                                                      _mask(b, False), seed), b.student)
     else:
         theirs = theirs_sdpo(sdpo_loss, b, cfg.alpha, cfg.topk, cfg.tail, cfg.is_clip, cfg.temperature)
         results["trl"] = compare(theirs, ours_logits(b, cfg.alpha, cfg.topk, "student", cfg.tail, cfg.is_clip,
                                                      cfg.temperature, True), b.student)
         results["verl"] = compare(theirs, ours_packed(b, cfg.alpha, cfg.topk, "student", cfg.tail, cfg.is_clip,
-                                                      cfg.temperature, True, seed), b.student)
+                                                      cfg.temperature, _mask(b, True), seed), b.student)
     if cfg.is_clip is not None:
         ratio = torch.exp((torch.log_softmax(b.student / cfg.temperature, -1).gather(-1, b.tokens[..., None])[..., 0]
                            - b.old_logp).double())
@@ -527,26 +533,8 @@ def run_window_normaliser(seed: int, opsd_loss: Callable[..., Any], sdpo_loss: C
 
     def ours_packed_window(mask: torch.Tensor, agg: str, topk: int | None, support: str, tail: bool,
                            is_clip: float | None, temperature: float) -> Callable[[torch.Tensor], torch.Tensor]:
-        """cepo's verl layout: the mini-batch packed, the student's logits already divided by the temperature."""
-        packed = _pack(b.student, b.teacher / temperature, mask, seed)
-        n, vocab = mask.numel(), b.student.shape[-1]
-        row_index = torch.arange(rows).repeat_interleave(b.student.shape[1])
-
-        def fn(student: torch.Tensor) -> torch.Tensor:
-            scaled = (student / temperature).reshape(1, n, vocab)
-            weight = None
-            if is_clip is not None:
-                current = sampled_token_logps(scaled, b.tokens.reshape(1, n))
-                weight = torch.where(packed["mask"], importance_weight(current, b.old_logp.reshape(1, n), is_clip)[0],
-                                     torch.ones(n, dtype=scaled.dtype))
-            token_weight, normalizer = loss_aggregation(agg, packed["mask"], tokens=mask.sum(), rows=float(rows),
-                                                        row_index=row_index)
-            loss, _ = packed_logits_distillation_loss(scaled[0], packed["teacher_rows"], packed["teacher_index"],
-                                                      packed["mask"], alpha=0.5, normalizer=normalizer, topk=topk,
-                                                      support=support, tail=tail, is_weight=weight, chunk_size=7,
-                                                      token_weight=token_weight)
-            return loss
-        return fn
+        """cepo's verl layout: the window is one packed mini-batch (:func:`ours_packed`)."""
+        return ours_packed(b, 0.5, topk, support, tail, is_clip, temperature, mask, seed, agg=agg, chunk_size=7)
 
     sdpo_mask, opsd_mask = _mask(b, True), _mask(b, False)
     for agg in LOSS_AGGS:
